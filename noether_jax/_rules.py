@@ -25,7 +25,7 @@ from jaxtyping import Array, ArrayLike, PyTree, Scalar
 
 from ._kinetic import AbstractKinetic, Diagonal, Euclidean
 from ._lagrangian import AbstractDynamics, GradientFlow, Lagrangian
-from ._misc import check_hyper, check_scalar, tree_sq_norm
+from ._misc import check_hyper, check_scalar, is_concrete, tree_sq_norm
 
 Model = Literal["modified_flow", "gradient_flow", "modified_loss"]
 _MODELS = ("modified_flow", "gradient_flow", "modified_loss")
@@ -191,10 +191,16 @@ class LearningRule(eqx.Module):
         if self.preconditioner is not None:
             pre = self.preconditioner(params) if callable(self.preconditioner) else self.preconditioner
             f = jax.tree.map(lambda a, pi: a / pi, f, pre)
-        if opt_state is None:
+        b = None if opt_state is None else optax.tree_utils.tree_get(opt_state, "trace")
+        if b is None:
+            # A fresh optimiser, or a state with no momentum buffer (e.g. plain ``optax.sgd(lr)``).
+            if opt_state is not None and is_concrete(self.momentum) and bool(jnp.any(self.momentum != 0)):
+                raise ValueError(
+                    "`opt_state` holds no momentum trace, but this rule has momentum "
+                    f"{self.momentum.tolist()}: pass the state of rule.optimizer() (or of an optax "
+                    "optimiser with momentum), or opt_state=None for a fresh optimiser."
+                )
             b = jax.tree.map(jnp.zeros_like, f)
-        else:
-            b = optax.tree_utils.tree_get(opt_state, "trace")
         beta = self.momentum
         return jax.tree.map(lambda fi, bi: -(fi + 2.0 * beta * bi) / (1.0 + beta), f, b)
 
