@@ -60,7 +60,7 @@ class AbstractSymmetry(eqx.Module):
         return jax.jvp(lambda a: self.act(q, a), (jnp.zeros_like(e),), (e,))[1]
 
     def generator_derivative(self, q: PyTree, group: int | Array, w: PyTree) -> PyTree:
-        """(∂_q ξ_g) w: the derivative of the generator along w (enters the Hessian constraint)."""
+        """(∂_q ξ_g) w: the derivative of the generator along w (its transpose enters the Hessian constraint)."""
         return jax.jvp(lambda q_: self.generator(q_, group), (q,), (w,))[1]
 
     def lift(self, q: PyTree, v: PyTree, alpha: Float[Array, " G"]) -> tuple[PyTree, PyTree]:
@@ -69,13 +69,26 @@ class AbstractSymmetry(eqx.Module):
 
 
 # --------------------------------------------------------------------------- masked symmetries
-def _check_mask(mask: PyTree, like: PyTree, name: str) -> None:
+def _check_mask(mask: PyTree, like: PyTree, name: str, shapes: bool = True) -> None:
     tm, tp = jax.tree.structure(mask), jax.tree.structure(like)
     if tm != tp:
         raise ValueError(
             f"`{name}` must have the same pytree structure as the parameters; got\n  {name}: {tm}\n  params: {tp}\n"
             f"Build it with jax.tree.map over the parameters, using False (or −1) for leaves the symmetry does not touch."
         )
+    if not shapes:
+        return
+    for i, (m, x) in enumerate(zip(jax.tree.leaves(mask), jax.tree.leaves(like), strict=True)):
+        ms, xs = tuple(np.shape(m)), tuple(jnp.shape(x))
+        try:
+            ok = np.broadcast_shapes(ms, xs) == xs
+        except ValueError:
+            ok = False
+        if not ok:
+            raise ValueError(
+                f"leaf {i} of `{name}` has shape {ms}, which does not broadcast to the matching parameter's shape {xs}; "
+                "each mask leaf must have the parameter's shape (or one that broadcasts to it)."
+            )
 
 
 class MaskedSymmetry(AbstractSymmetry):
@@ -113,7 +126,7 @@ class MaskedSymmetry(AbstractSymmetry):
         total = jnp.zeros(self.groups, jnp.result_type(*jax.tree.leaves(q), float))
         for x, wi, ids, c, d in zip(*(jax.tree.leaves(t) for t in (q, w, self.ids, self.scale, self.shift)), strict=True):
             contrib = (wi * (c * x + d)).ravel()
-            idx = jnp.ravel(ids)
+            idx = jnp.ravel(jnp.broadcast_to(ids, jnp.shape(x)))  # mask leaves may broadcast (e.g. a scalar False)
             total = total + jax.ops.segment_sum(jnp.where(idx >= 0, contrib, 0.0), jnp.clip(idx, 0), self.groups)
         return total
 
@@ -194,7 +207,7 @@ def Rescale(incoming: PyTree, outgoing: PyTree, params: PyTree | None = None, na
     """
     s_in = _masked("Rescale", incoming, params, 1.0, 0.0, names)
     s_out = _masked("Rescale", outgoing, params, -1.0, 0.0, names)
-    _check_mask(s_in.ids, s_out.ids, "outgoing")
+    _check_mask(s_in.ids, s_out.ids, "outgoing", shapes=False)
     overlap = any(bool(jnp.any((a >= 0) & (b >= 0))) for a, b in zip(jax.tree.leaves(s_in.ids), jax.tree.leaves(s_out.ids)))
     if overlap:
         raise ValueError("Rescale: an entry is in both `incoming` and `outgoing`; the two sets must be disjoint.")
@@ -237,10 +250,11 @@ class Constraints(eqx.Module):
 
     invariance: |ℒ(ψ(θ, α e_g)) − ℒ(θ)| / (|α|‖g‖‖ξ_g‖ + ½α²h‖ξ_g‖² + ε|ℒ|)
     gradient:   |⟨g, ξ_g⟩| / (‖g‖‖ξ_g‖)
-    hessian:    ‖Hξ_g + (∂ξ_g) g‖ / (‖Hξ_g‖ + ‖(∂ξ_g) g‖ + h‖ξ_g‖)
+    hessian:    ‖Hξ_g + (∂ξ_g)ᵀ g‖ / (‖Hξ_g‖ + ‖(∂ξ_g)ᵀ g‖ + h‖ξ_g‖)
 
     with h = ‖H u‖ for a random unit u (the Hessian's scale). A symmetric group gives residuals at
-    round-off level; a non-symmetric one gives residuals of order one.
+    round-off level; a non-symmetric one gives residuals of order one. The Hessian identity is the
+    gradient of ⟨∇ℒ, ξ_g⟩ = 0, hence the transpose (it matters where ∂ξ_g is not symmetric, e.g. rotations).
     """
 
     invariance: Float[Array, " G"]
@@ -305,10 +319,17 @@ def constraints(
         inv = jnp.abs(moved - value) / (alpha * g_norm * xi_norm + 0.5 * alpha**2 * h_scale * xi_norm**2 + eps * jnp.abs(value) + eps)
         grad_res = jnp.abs(tree_vdot(g, xi)) / (g_norm * xi_norm + eps)
         h_xi = hvp(xi)
-        dxi_g = sym.generator_derivative(params, group, g)
+        # (∂ξ_g)ᵀ g = ∇_q ⟨g, ξ_g(q)⟩ with g held fixed (a VJP): differentiating ⟨∇ℒ(q), ξ_g(q)⟩ = 0
+        # gives Hξ_g + (∂ξ_g)ᵀ g = 0. For masked symmetries ∂ξ_g is diagonal and the transpose is moot,
+        # but for e.g. a rotation (∂ξ = J antisymmetric) the untransposed JVP is wrong.
+        dxi_g = jax.grad(lambda q_: tree_vdot(g, sym.generator(q_, group)))(params)
         r = jax.tree.map(jnp.add, h_xi, dxi_g)
         denom = jnp.sqrt(tree_sq_norm(h_xi)) + jnp.sqrt(tree_sq_norm(dxi_g)) + h_scale * xi_norm + eps
         return inv, grad_res, jnp.sqrt(tree_sq_norm(r)) / denom
 
+    # batch_size > n_groups would make lax.map trace and compile `one` twice (an empty scan plus the
+    # remainder), more than doubling the compile time of the common few-group case.
+    if batch_size is not None:
+        batch_size = min(batch_size, sym.n_groups)
     inv, grad_res, hess = jax.lax.map(one, jnp.arange(sym.n_groups), batch_size=batch_size)
     return Constraints(inv, grad_res, hess)
