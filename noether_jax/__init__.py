@@ -7,8 +7,9 @@ behind them are private.
 
 from importlib.metadata import PackageNotFoundError, version
 
-from . import data, kinetic, rules, symmetry
+from . import data, kinetic, rules, symmetry, theory
 from ._config import enable_x64
+from ._conservation import ConservationCount, count_conservation_laws
 from ._integrate import RESULTS, Trajectory, simulate
 from ._lagrangian import AbstractDynamics, EulerLagrange, GradientFlow, Lagrangian, euler_lagrange
 from ._noether import (
@@ -28,6 +29,9 @@ except PackageNotFoundError:  # pragma: no cover - running from a source tree
     __version__ = "0.0.0"
 
 __all__ = [
+    "ConservationCount",
+    "count_conservation_laws",
+    "theory",
     "ChargeBudget",
     "KineticSymmetryBreaking",
     "NoetherCharge",
