@@ -7,7 +7,7 @@ behind them are private.
 
 from importlib.metadata import PackageNotFoundError, version
 
-from . import data, kinetic, rules, symmetry, theory
+from . import data, kinetic, models, rules, symmetry, theory
 from ._config import enable_x64
 from ._conservation import ConservationCount, count_conservation_laws
 from ._integrate import RESULTS, Trajectory, simulate
@@ -21,6 +21,7 @@ from ._noether import (
     kinetic_symmetry_breaking,
     noether_charge,
 )
+from ._recorder import Hyper, Record, Recorder
 from ._rules import LearningRule
 
 try:
@@ -29,6 +30,10 @@ except PackageNotFoundError:  # pragma: no cover - running from a source tree
     __version__ = "0.0.0"
 
 __all__ = [
+    "Hyper",
+    "Record",
+    "Recorder",
+    "models",
     "ConservationCount",
     "count_conservation_laws",
     "theory",
