@@ -106,6 +106,8 @@ class Recorder(eqx.Module):
         post_update: optional ``(params, params0) -> params`` applied after every step (e.g. the
             constrained-norm ablation of NLD Fig. 3).
         loss: ``(logits, y) -> scalar``; default softmax cross-entropy.
+        divergence_factor: a step whose loss or parameters are not finite, or whose loss exceeds
+            ``divergence_factor`` × the initial loss, marks the run as diverged (``diverged_step``).
 
     Example:
         >>> import jax, noether_jax as nj
@@ -129,6 +131,7 @@ class Recorder(eqx.Module):
     optimizer: Callable[[Hyper], optax.GradientTransformation] = eqx.field(static=True, default=sgd_optimizer)
     post_update: Callable[[PyTree, PyTree], PyTree] | None = eqx.field(static=True, default=None)
     loss: Callable[[Array, Array], Array] = eqx.field(static=True, default=cross_entropy)
+    divergence_factor: float = eqx.field(static=True, default=1e4)
 
     def __init__(
         self,
@@ -143,6 +146,7 @@ class Recorder(eqx.Module):
         optimizer: Callable[[Hyper], optax.GradientTransformation] = sgd_optimizer,
         post_update: Callable[[PyTree, PyTree], PyTree] | None = None,
         loss: Callable[[Array, Array], Array] = cross_entropy,
+        divergence_factor: float = 1e4,
     ):
         unknown = set(symmetries) - set(KINDS)
         if unknown:
@@ -163,6 +167,9 @@ class Recorder(eqx.Module):
         self.batch_size = check_batch_size(int(batch_size), x.shape[0])
         self.steps, self.save_every = int(steps), int(save_every)
         self.optimizer, self.post_update, self.loss = optimizer, post_update, loss
+        if not divergence_factor > 1:
+            raise ValueError(f"`divergence_factor` must be > 1, got {divergence_factor}.")
+        self.divergence_factor = float(divergence_factor)
 
     @property
     def num_saves(self) -> int:
@@ -202,7 +209,10 @@ def _run(rec: Recorder, params, state, hyper: Hyper, key) -> Record:
         return {k: sym.pair(p, p) for k, sym in syms.items()}
 
     # initial velocity of the modified flow (a fresh optimiser): θ̇(0) = −(g₀ + λθ₀)/(1+β)
-    (_, _), g0 = grad_fn(params, state, (rec.x[: rec.batch_size], rec.y[: rec.batch_size]))
+    chunk_keys = jax.random.split(key, rec.steps // rec.save_every)
+    first_batch = sample_batch(jax.random.split(chunk_keys[0], rec.save_every)[0], rec.x, rec.y, rec.batch_size)
+    (loss0, _), g0 = grad_fn(params, state, first_batch)
+    max_loss = rec.divergence_factor * jnp.abs(loss0)
     v0 = sgd(lr, beta, hyper.weight_decay).initial_velocity(params, g0)
     laws = {k: _laws(k, hyper) for k in syms}
     x0 = measure(params)
@@ -232,7 +242,7 @@ def _run(rec: Recorder, params, state, hyper: Hyper, key) -> Record:
             new_ls[k] = (fs, os_, is_)
         if has_scale:
             r4s, _ = r4_law.update(r4s, measure(p)["scale"] * gsq["scale"])
-        ok = jnp.isfinite(loss) & _tree_finite(p_new)
+        ok = jnp.isfinite(loss) & (loss <= max_loss) & _tree_finite(p_new)
         bad = jnp.where((bad < 0) & ~ok, n, bad)
         return (p_new, new_s, o, new_ls, r4s, n + 1, bad), (loss, gsq)
 
@@ -250,7 +260,7 @@ def _run(rec: Recorder, params, state, hyper: Hyper, key) -> Record:
 
     carry0 = (params, state, opt.init(params), law_state, r4_state, jnp.zeros((), jnp.int32), jnp.full((), -1, jnp.int32))
     first_save = save(carry0)
-    carry, (losses, saves, gsq) = jax.lax.scan(chunk, carry0, jax.random.split(key, rec.steps // rec.save_every))
+    carry, (losses, saves, gsq) = jax.lax.scan(chunk, carry0, chunk_keys)
 
     def stack0(a0, a):
         return jnp.concatenate([a0[None], a], axis=0)
