@@ -98,7 +98,9 @@ class Recorder(eqx.Module):
     Args:
         net: the pure network (:func:`noether_jax.models.functional`).
         symmetries: kind → :class:`~noether_jax.symmetry.MaskedSymmetry`, kinds among
-            ``translation``, ``scale``, ``rescale`` (e.g. ``nj.symmetry.detect(...).symmetries``).
+            ``translation``, ``scale``, ``rescale`` (e.g. ``nj.symmetry.detect(...).symmetries``); a
+            tuple of symmetries stands for the concatenation of their groups (a kernel's rows and
+            columns belong to different rescale units, so one mask cannot hold both).
         x, y: the training set; mini-batches of ``batch_size`` are drawn without replacement per step.
         batch_size, steps, save_every: static (they set shapes).
         optimizer: ``hyper -> optax.GradientTransformation``; default heavy ball with coupled weight
@@ -122,7 +124,7 @@ class Recorder(eqx.Module):
     """
 
     net: Network = eqx.field(static=True)
-    symmetries: dict[str, MaskedSymmetry]
+    symmetries: dict[str, MaskedSymmetry | tuple[MaskedSymmetry, ...]]
     x: Array
     y: Array
     batch_size: int = eqx.field(static=True)
@@ -136,7 +138,7 @@ class Recorder(eqx.Module):
     def __init__(
         self,
         net: Network,
-        symmetries: Mapping[str, MaskedSymmetry],
+        symmetries: Mapping[str, MaskedSymmetry | tuple[MaskedSymmetry, ...]],
         x: Float[ArrayLike, "n ..."],
         y: Int[ArrayLike, " n"],
         *,
@@ -152,8 +154,12 @@ class Recorder(eqx.Module):
         if unknown:
             raise ValueError(f"`symmetries` keys must be among {KINDS}; got {sorted(unknown)}.")
         for kind, sym in symmetries.items():
-            if not isinstance(sym, MaskedSymmetry):
-                raise TypeError(f"`symmetries[{kind!r}]` must be a MaskedSymmetry (Translation/Scale/Rescale), got {type(sym).__name__}.")
+            parts = sym if isinstance(sym, tuple) else (sym,)
+            if not parts or not all(isinstance(s, MaskedSymmetry) for s in parts):
+                raise TypeError(
+                    f"`symmetries[{kind!r}]` must be a MaskedSymmetry (Translation/Scale/Rescale) or a non-empty tuple of them, "
+                    f"got {type(sym).__name__}."
+                )
         x, y = jnp.asarray(x), jnp.asarray(y)
         if x.shape[0] != y.shape[0]:
             raise ValueError(f"`x` and `y` must have the same number of examples, got {x.shape[0]} and {y.shape[0]}.")
@@ -188,6 +194,13 @@ def _laws(kind: str, hyper: Hyper):
     return first, osc, theory.sgd_identity(kind, lr, wd)
 
 
+def pair(sym: MaskedSymmetry | tuple[MaskedSymmetry, ...], a: PyTree, b: PyTree) -> Array:
+    """``sym.pair(a, b)``, concatenated over a tuple of symmetries."""
+    if isinstance(sym, tuple):
+        return jnp.concatenate([s.pair(a, b) for s in sym])
+    return sym.pair(a, b)
+
+
 def _tree_finite(tree) -> Array:
     return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]))
 
@@ -206,7 +219,7 @@ def _run(rec: Recorder, params, state, hyper: Hyper, key) -> Record:
     grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
 
     def measure(p):
-        return {k: sym.pair(p, p) for k, sym in syms.items()}
+        return {k: pair(sym, p, p) for k, sym in syms.items()}
 
     # initial velocity of the modified flow (a fresh optimiser): θ̇(0) = −(g₀ + λθ₀)/(1+β)
     chunk_keys = jax.random.split(key, rec.steps // rec.save_every)
@@ -216,7 +229,7 @@ def _run(rec: Recorder, params, state, hyper: Hyper, key) -> Record:
     v0 = sgd(lr, beta, hyper.weight_decay).initial_velocity(params, g0)
     laws = {k: _laws(k, hyper) for k in syms}
     x0 = measure(params)
-    rate0 = {k: jax.jvp(lambda p, s=s: s.pair(p, p), (params,), (v0,))[1] for k, s in syms.items()}
+    rate0 = {k: jax.jvp(lambda p, s=s: pair(s, p, p), (params,), (v0,))[1] for k, s in syms.items()}
     law_state = {k: (laws[k][0].init(x0[k]), laws[k][1].init(x0[k], rate0[k]), laws[k][2].init(x0[k])) for k in syms}
     has_scale = "scale" in syms
     r4_law = theory.nld_r4_law(lr, beta, hyper.weight_decay)
@@ -235,9 +248,9 @@ def _run(rec: Recorder, params, state, hyper: Hyper, key) -> Record:
         for k, sym in syms.items():
             first, osc, ident = laws[k]
             fs, os_, is_ = ls[k]
-            gsq[k] = sym.pair(g, g)
+            gsq[k] = pair(sym, g, g)
             fs, _ = first.update(fs, gsq[k] if k != "translation" else None)
-            os_, _ = osc.update(os_, sym.pair(vel, vel) if k != "translation" else None)
+            os_, _ = osc.update(os_, pair(sym, vel, vel) if k != "translation" else None)
             is_, _ = ident.update(is_, gsq[k] if k != "translation" else None)
             new_ls[k] = (fs, os_, is_)
         if has_scale:

@@ -1,5 +1,6 @@
 """Symmetries of the loss: actions, constraints, and detection in flax models."""
 
+from ._detect import Detected, detect, group_names
 from ._symmetry import (
     AbstractSymmetry,
     Action,
@@ -12,6 +13,9 @@ from ._symmetry import (
 )
 
 __all__ = [
+    "Detected",
+    "detect",
+    "group_names",
     "AbstractSymmetry",
     "Action",
     "Constraints",
