@@ -40,6 +40,53 @@ def demo(
     typer.echo(f"\nwrote {fig} and {out / 'summary.json'}")
 
 
+@app.command("neural-mechanics")
+def neural_mechanics_cmd(
+    model: str = typer.Option("mlp", help="mlp, mlp_tanh, mlp_layernorm, cnn_bn, vgg or vgg_bn"),
+    lr: float = typer.Option(0.1, help="learning rate η (> 0)"),
+    momentum: float = typer.Option(0.0, help="heavy-ball momentum β in [0, 1)"),
+    weight_decay: float = typer.Option(1e-4, help="coupled weight decay λ (≥ 0)"),
+    batch_size: int = typer.Option(128, help="mini-batch size S (1 … training-set size)"),
+    steps: int = typer.Option(2000, help="number of SGD steps (> 0)"),
+    seed: int = typer.Option(0, help="PRNG seed (initialisation and mini-batches)"),
+    width: int = typer.Option(32, help="hidden width (MLP) or first-block channels (CNN)"),
+    save_every: int = typer.Option(10, help="record every this many steps"),
+    data: str = typer.Option("digits", help="digits or teacher_student"),
+    out: Path = typer.Option(Path("runs/neural_mechanics"), help="output folder"),
+) -> None:
+    """Train a model, record every symmetric group, and score the theory of broken conservation laws."""
+    from ._neural_mechanics import NMConfig, neural_mechanics
+    from ._report import nm_outputs, write_json
+
+    try:
+        cfg = NMConfig(model=model, lr=lr, momentum=momentum, weight_decay=weight_decay, batch_size=batch_size,
+                       steps=steps, seed=seed, width=width, save_every=save_every, data=data).validate()
+        result = neural_mechanics(cfg)
+    except ValueError as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(2) from None
+    summary, _ = nm_outputs(result, out)
+    write_json(summary, out / "summary.json")
+    if summary["diverged"]:
+        typer.echo(f"the run diverged at step {summary['diverged_step']}; see {out / 'summary.json'}", err=True)
+        raise typer.Exit(1)
+    for kind, e in summary["symmetries"].items():
+        typer.echo(f"{kind:12s} {e['n_groups']:5d} groups   median rel. error {e['median_rel_error']:.2e}   max {e['max_rel_error']:.2e}")
+    typer.echo(f"test accuracy {summary['final_test_accuracy']:.3f}\nwrote {out}/summary.json, figures and series.nc")
+
+
+@app.command()
+def reproduce(
+    out: Path = typer.Option(Path("runs/reproduce"), help="output folder for report.html and summary.json"),
+    quick: bool = typer.Option(True, "--quick/--full", help="--quick: CPU, minutes (default); --full: paper scale, for a GPU"),
+) -> None:
+    """The main job: run the default suite and write one self-contained report.html and summary.json."""
+    from ._report import reproduce as run
+
+    summary = run(out, quick=quick)
+    typer.echo(f"wrote {out / 'report.html'} and {out / 'summary.json'} in {summary['elapsed_s']:.0f} s")
+
+
 def main() -> None:  # the console-script entry point
     app()
 

@@ -1,0 +1,66 @@
+"""The command line: outputs, clear errors with non-zero exit codes, divergence reported as data."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import xarray as xr
+from typer.testing import CliRunner
+
+from noether_jax._cli import app
+
+runner = CliRunner()
+
+
+@pytest.mark.parametrize(
+    "args, needle",
+    [
+        (["--model", "resnet9000"], "unknown model"),
+        (["--batch-size", "-3"], "batch_size"),
+        (["--steps", "0"], "steps"),
+        (["--lr", "0"], "lr"),
+        (["--momentum", "1.5"], "momentum"),
+    ],
+)
+def test_neural_mechanics_bad_input_exits_non_zero_with_a_clear_message(tmp_path, args, needle):
+    res = runner.invoke(app, ["neural-mechanics", *args, "--out", str(tmp_path / "x")])
+    assert res.exit_code != 0
+    assert needle in res.output
+    assert not (tmp_path / "x" / "summary.json").exists()
+
+
+def test_neural_mechanics_writes_summary_figures_and_series(tmp_path):
+    out = tmp_path / "nm"
+    res = runner.invoke(app, ["neural-mechanics", "--width", "8", "--steps", "200", "--batch-size", "64",
+                              "--momentum", "0.9", "--weight-decay", "5e-4", "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["config"]["steps"] == 200 and summary["config"]["momentum"] == 0.9
+    assert set(summary["symmetries"]) == {"translation", "rescale"}
+    for kind, e in summary["symmetries"].items():
+        assert {"n_groups", "median_rel_error", "max_rel_error"} <= set(e)
+        assert (out / f"{kind}.png").stat().st_size > 1000
+        assert 0 <= e["median_rel_error"] <= e["max_rel_error"]
+    assert 0.0 <= summary["final_test_accuracy"] <= 1.0
+    ds = xr.open_dataset(out / "series.nc")
+    assert ds["measured_rescale"].shape == (21, summary["symmetries"]["rescale"]["n_groups"])
+    ds.close()
+
+
+def test_a_diverging_run_is_reported_as_diverged_and_nothing_else(tmp_path):
+    out = tmp_path / "div"
+    res = runner.invoke(app, ["neural-mechanics", "--width", "8", "--steps", "40", "--lr", "1e6", "--out", str(out)])
+    assert res.exit_code == 1
+    assert "diverged" in res.output
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["diverged"] is True and summary["diverged_step"] >= 0
+    assert summary["final_test_accuracy"] is None
+    assert all(set(e) == {"n_groups"} for e in summary["symmetries"].values())
+    assert not list(out.glob("*.png"))
+
+
+def test_demo_runs(tmp_path):
+    res = runner.invoke(app, ["demo", "--time", "2", "--out", str(tmp_path / "demo")])
+    assert res.exit_code == 0, res.output
+    assert (tmp_path / "demo" / "demo.png").exists()
