@@ -413,8 +413,11 @@ def sweep(
     timed apart from execution) that ``jax.vmap``-s the recorder over (seed's params × init scale,
     η, β, λ, PRNG key), so a grid compiles once per distinct batch size, never per member, and the
     compiled program is cached in-process across calls. The member axis is sharded over a 1-D
-    ``jax.sharding.Mesh`` of ``devices`` with ``NamedSharding(mesh, P("member"))``; the data and the
-    seeds' initial parameters are replicated.
+    ``jax.sharding.Mesh`` of ``devices`` (inputs placed with ``NamedSharding(mesh, P("member"))``;
+    the data and the seeds' initial parameters replicated) and run under ``jax.shard_map``: every
+    device runs the same vmapped program on its own members, with no communication. On CPU a run
+    over n devices is bit for bit the single-device run with ``chunk_size / n`` members per chunk;
+    other chunk widths change XLA's vectorisation and may differ at rounding level (~1e-16).
 
     **Several hosts.** Call ``jax.distributed.initialize()`` (coordinator address, process count
     and id, or the cluster's auto-detection) in every process before anything else, then run the
@@ -484,7 +487,7 @@ def sweep(
     fdt = jnp.result_type(float)
     config = {
         "format": _STORE_FORMAT, "model": name or f"custom:{_fingerprint(params_by_seed)}", "width": width,
-        "steps": int(steps), "save_every": int(save_every), "members": members, "chunk_size": chunk_of and {str(b): c for b, c in chunk_of.items()},
+        "steps": int(steps), "save_every": int(save_every), "members": members, "chunk_size": {str(b): c for b, c in chunk_of.items()},
         "data": _fingerprint((data.x_train, data.y_train, data.x_test, data.y_test)), "init": _fingerprint((params_by_seed, state_by_seed)),
         "symmetries": _fingerprint(syms) + str(jax.tree.structure(syms)), "init_scale_on": init_scale_on, "floor": floor,
         "dtype": str(fdt),

@@ -64,7 +64,7 @@ def test_members_equal_their_own_recorder_run(base, digits):
         for mom in BASE["momentum"]:
             for seed in (0, 1):
                 net, params, state = models.functional(models.make_model("mlp", key=seed, width=4, in_shape=(8, 8, 1)))
-                syms = _sweep._hand_symmetries("mlp", params)
+                syms = _sweep._default_symmetries("mlp", net, params, state, digits)  # what the sweep uses
                 rec = nj.Recorder(net, syms, digits.x_train, digits.y_train, batch_size=16, steps=6, save_every=3)
                 out = rec.run(params, state, nj.Hyper(lr, mom, 0.0), _sweep.data_key(seed))
                 got = base.sel(lr=lr, momentum=mom, seed=seed).squeeze()
