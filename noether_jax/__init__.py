@@ -23,6 +23,7 @@ from ._noether import (
 )
 from ._recorder import Hyper, Record, Recorder
 from ._rules import LearningRule
+from ._sweep import sweep
 
 try:
     __version__ = version("noether_jax")
@@ -30,6 +31,7 @@ except PackageNotFoundError:  # pragma: no cover - running from a source tree
     __version__ = "0.0.0"
 
 __all__ = [
+    "sweep",
     "Hyper",
     "Record",
     "Recorder",

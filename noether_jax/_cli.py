@@ -87,6 +87,11 @@ def reproduce(
     typer.echo(f"wrote {out / 'report.html'} and {out / 'summary.json'} in {summary['elapsed_s']:.0f} s")
 
 
+from ._sweep import sweep_command  # noqa: E402
+
+app.command("sweep")(sweep_command)
+
+
 def main() -> None:  # the console-script entry point
     app()
 

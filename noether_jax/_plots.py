@@ -121,6 +121,12 @@ def save_and_encode(fig: plt.Figure, path, dpi: int = 110) -> str:
     return base64.b64encode(data).decode("ascii")
 
 
+def encode_file(path) -> str:
+    """A PNG file as base64."""
+    with open(path, "rb") as fh:
+        return base64.b64encode(fh.read()).decode("ascii")
+
+
 def save(fig: plt.Figure, path, dpi: int = 110) -> str:
     """Save as PNG and close; return the path."""
     fig.savefig(path, dpi=dpi)
