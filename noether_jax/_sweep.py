@@ -627,8 +627,8 @@ def sweep_figures(ds: xr.Dataset, out_dir: str | os.PathLike) -> list[Path]:
     Example:
         >>> import tempfile, noether_jax as nj
         >>> ds = nj.sweep(lr=[0.05, 0.1], momentum=[0.0, 0.9], steps=10, save_every=5, width=4, progress=False)
-        >>> [p.name for p in sweep_figures(ds, tempfile.mkdtemp())]
-        ['heatmap_error_median_translation.png', 'heatmap_error_median_rescale.png', 'heatmap_final_loss.png']
+        >>> sorted(p.name for p in sweep_figures(ds, tempfile.mkdtemp()))
+        ['heatmap_error_median_rescale.png', 'heatmap_error_median_translation.png', 'heatmap_final_loss.png']
     """
     import matplotlib
 
