@@ -137,8 +137,9 @@ def main():
     ap.add_argument("--no-torch", action="store_true")
     ap.add_argument("--torch-threads", type=int, default=1, help="torch.set_num_threads (0: torch's default)")
     ap.add_argument("--torch-only", type=int, default=0, help=argparse.SUPPRESS)
-    ap.add_argument("--sampler", choices=("library", "topk"), default="library",
-                    help="topk: patch the recorder's mini-batch sampler with top_k of uniform keys (a proposed change)")
+    ap.add_argument("--sampler", choices=("library", "topk", "choice"), default="library",
+                    help="patch the recorder's mini-batch sampler: topk = top_k of uniform keys (the library's since "
+                         "006f94f), choice = jax.random.choice(replace=False) (the library's before)")
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--json", type=Path)
     a = ap.parse_args()
@@ -150,13 +151,21 @@ def main():
         print(json.dumps(bench_torch(ds, configs[: a.torch_only], a.steps, a.save_every, a.width, a.batch, a.torch_threads)))
         return
     if a.sampler == "topk":
-        from noether_jax import _recorder
+        from noether_jax import _recorder  # noqa: F811
 
         def topk_sample(key, x, y, batch_size):  # a uniform random subset without replacement, no full sort
             idx = jax.lax.top_k(jax.random.uniform(key, (x.shape[0],)), batch_size)[1]
             return x[idx], y[idx]
 
         _recorder.sample_batch = topk_sample
+    if a.sampler == "choice":
+        from noether_jax import _recorder
+
+        def choice_sample(key, x, y, batch_size):  # the earlier sampler: a full sort of a permutation per step
+            idx = jax.random.choice(key, x.shape[0], (batch_size,), replace=False)
+            return x[idx], y[idx]
+
+        _recorder.sample_batch = choice_sample
     res = {"machine": f"{platform.machine()} {platform.processor()} ({jax.device_count()} CPU device, "
                       f"{len(__import__('os').sched_getaffinity(0))} cores)", "jax": jax.__version__, "dtype": "float32",
            "n": len(configs), "steps": a.steps, "sampler": a.sampler, "width": a.width, "batch": a.batch}

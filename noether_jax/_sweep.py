@@ -355,7 +355,7 @@ def sweep(
     devices: Sequence[jax.Device] | None = None,
     progress: bool = True,
     flow: bool = False,
-    symmetries: Mapping[str, MaskedSymmetry] | None = None,
+    symmetries: Mapping[str, MaskedSymmetry | tuple[MaskedSymmetry, ...]] | Callable[..., Mapping] | None = None,
     init_scale_on: str = "all",
     floor: float = 1e-3,
     on_chunk: Callable[[int, int], None] | None = None,
@@ -390,8 +390,11 @@ def sweep(
         devices: the devices to shard the member axis over (default ``jax.devices()``).
         progress: show a tqdm progress bar over chunks.
         flow: the continuous flow per member (not implemented in this version; must be False).
-        symmetries: kind -> :class:`~noether_jax.symmetry.MaskedSymmetry`; default
-            ``nj.symmetry.detect`` when available, else the library MLPs' groups by construction.
+        symmetries: kind -> :class:`~noether_jax.symmetry.MaskedSymmetry` (or a tuple of them, as
+            :class:`~noether_jax.Recorder` takes), or a callable ``(net, params, state) -> that``
+            called on the first seed's model. Default: ``nj.symmetry.detect`` on the first seed's
+            model and 64 training examples (the same groups for every member), else the library
+            MLPs' groups by construction.
         floor: relative errors divide by max(|measured|, floor × max|measured|) per member and kind.
         on_chunk: called as ``on_chunk(done, total)`` after each chunk (and its store write).
 
@@ -426,8 +429,8 @@ def sweep(
     only process 0 writes the store (give a path on a shared file system).
 
     Example:
-        >>> import noether_jax as nj
-        >>> ds = nj.sweep(lr=[0.05, 0.1], momentum=[0.0, 0.9], seed=2, steps=20, save_every=10, width=8,
+        >>> from noether_jax._sweep import sweep   # exported as nj.sweep
+        >>> ds = sweep(lr=[0.05, 0.1], momentum=[0.0, 0.9], seed=2, steps=20, save_every=10, width=8,
         ...               batch_size=32, progress=False)
         >>> dict(ds.sizes)["lr"], dict(ds.sizes)["seed"], dict(ds.sizes)["time"]
         (2, 2, 3)
@@ -471,6 +474,8 @@ def sweep(
     name, net, params_by_seed, state_by_seed = _init_models(model, seeds, data, width)
     p0 = jax.tree.map(lambda a: a[0], params_by_seed)
     s0 = jax.tree.map(lambda a: a[0], state_by_seed)
+    if callable(symmetries):
+        symmetries = symmetries(net, p0, s0)
     syms = dict(symmetries) if symmetries is not None else _default_symmetries(name, net, p0, s0, data)
     syms = {k: syms[k] for k in KINDS if k in syms}
     if init_scale_on == "scale" and "scale" not in syms:
@@ -625,8 +630,9 @@ def sweep_figures(ds: xr.Dataset, out_dir: str | os.PathLike) -> list[Path]:
     hyperparameters) of each kind's theory median error and of the final loss. Returns the PNG paths.
 
     Example:
-        >>> import tempfile, noether_jax as nj
-        >>> ds = nj.sweep(lr=[0.05, 0.1], momentum=[0.0, 0.9], steps=10, save_every=5, width=4, progress=False)
+        >>> import tempfile
+        >>> from noether_jax._sweep import sweep, sweep_figures   # exported as nj.sweep, nj.sweep_figures
+        >>> ds = sweep(lr=[0.05, 0.1], momentum=[0.0, 0.9], steps=10, save_every=5, width=4, progress=False)
         >>> sorted(p.name for p in sweep_figures(ds, tempfile.mkdtemp()))
         ['heatmap_error_median_rescale.png', 'heatmap_error_median_translation.png', 'heatmap_final_loss.png']
     """
@@ -676,7 +682,15 @@ def sweep_figures(ds: xr.Dataset, out_dir: str | os.PathLike) -> list[Path]:
 
 
 def sweep_summary(ds: xr.Dataset) -> dict:
-    """A JSON-ready summary: the configuration axes, status counts, timings and the best member."""
+    """A JSON-ready summary: the configuration axes, status counts, timings and the best member.
+
+    Example:
+        >>> import numpy as np, xarray as xr
+        >>> ds = xr.Dataset({"status": ("lr", np.array([0, 1])), "final_loss": ("lr", np.array([0.3, np.nan]))},
+        ...                 coords={"lr": [0.1, 9.0]})
+        >>> s = sweep_summary(ds); s["status"], s["best_final_loss"]["lr"]
+        ({'ok': 1, 'diverged': 1, 'nan': 0}, 0.1)
+    """
     status = np.asarray(ds["status"].values).ravel()
     summ = {
         "axes": {h: [float(v) if h not in ("batch_size", "seed") else int(v) for v in np.atleast_1d(ds[h].values)]

@@ -29,7 +29,8 @@ from noether_jax import _sweep, data, models
 
 ROOT = Path(__file__).resolve().parents[1]
 BASE = dict(lr=[0.05, 0.2], momentum=[0.0, 0.9], weight_decay=0.0, seed=2, steps=6, save_every=3, width=4,
-            batch_size=16, progress=False)
+            batch_size=16, progress=False, symmetries=lambda net, params, state: _sweep._hand_symmetries("mlp", params))
+# fixed groups by construction: the tests do not depend on (nor recompile for) nj.symmetry.detect
 
 
 @pytest.fixture(scope="module")
@@ -64,7 +65,7 @@ def test_members_equal_their_own_recorder_run(base, digits):
         for mom in BASE["momentum"]:
             for seed in (0, 1):
                 net, params, state = models.functional(models.make_model("mlp", key=seed, width=4, in_shape=(8, 8, 1)))
-                syms = _sweep._default_symmetries("mlp", net, params, state, digits)  # what the sweep uses
+                syms = _sweep._hand_symmetries("mlp", params)  # what the sweep uses (BASE)
                 rec = nj.Recorder(net, syms, digits.x_train, digits.y_train, batch_size=16, steps=6, save_every=3)
                 out = rec.run(params, state, nj.Hyper(lr, mom, 0.0), _sweep.data_key(seed))
                 got = base.sel(lr=lr, momentum=mom, seed=seed).squeeze()
@@ -147,7 +148,7 @@ def _script(body: str) -> str:
         import numpy as np
         from noether_jax import _sweep, data
         BASE = dict(lr=[0.05, 0.2], momentum=[0.0, 0.9], weight_decay=0.0, seed=2, steps=6, save_every=3, width=4,
-                    batch_size=16, progress=False)
+                    batch_size=16, progress=False, symmetries=lambda n, p, s: _sweep._hand_symmetries("mlp", p))
         """
     ) + textwrap.dedent(body)
 
