@@ -1,0 +1,41 @@
+"""Noether's Learning Dynamics: effective learning rate, NLD eq. 17, the RMSProp map, ablations, KSB."""
+
+from ._nld import (
+    Comparison,
+    GroupRMSState,
+    RMSPropMapping,
+    Track,
+    adam_norm_check,
+    cnn_scale_symmetry,
+    compare_rmsprop,
+    constrain_norm,
+    constrained_ablation,
+    effective_learning_rate,
+    eq17_errors,
+    full_loss,
+    group_angles,
+    group_values,
+    init_scale_ablation,
+    ksb_report,
+    lockstep,
+    match_vs_effective_lr,
+    nld_command,
+    nld_report,
+    nld_report_part,
+    normalise_groups,
+    predict_r4_velocity,
+    project_to_sphere,
+    rmsprop_mapping,
+    rmsprop_summary,
+    scale_by_group_rms,
+    sphere_rmsprop,
+)
+
+__all__ = [
+    "Comparison", "GroupRMSState", "RMSPropMapping", "Track", "adam_norm_check", "cnn_scale_symmetry",
+    "compare_rmsprop", "constrain_norm", "constrained_ablation", "effective_learning_rate", "eq17_errors",
+    "full_loss", "group_angles", "group_values", "init_scale_ablation", "ksb_report", "lockstep",
+    "match_vs_effective_lr", "nld_command", "nld_report", "nld_report_part", "normalise_groups",
+    "predict_r4_velocity", "project_to_sphere", "rmsprop_mapping", "rmsprop_summary", "scale_by_group_rms",
+    "sphere_rmsprop",
+]
