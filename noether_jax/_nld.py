@@ -110,7 +110,7 @@ def normalise_groups(sym: MaskedSymmetry, params: PyTree, norm_sq: Float[ArrayLi
         >>> import jax.numpy as jnp, noether_jax as nj
         >>> from noether_jax.nld import normalise_groups
         >>> sym = nj.symmetry.Scale({"w": jnp.array([0, 0, -1])})
-        >>> normalise_groups(sym, {"w": jnp.array([3.0, 4.0, 7.0])})["w"].tolist()
+        >>> [round(v, 9) for v in normalise_groups(sym, {"w": jnp.array([3.0, 4.0, 7.0])})["w"].tolist()]
         [0.6, 0.8, 7.0]
     """
     sym = _check_scale(sym)
@@ -128,7 +128,7 @@ def constrain_norm(sym: MaskedSymmetry) -> Callable[[PyTree, PyTree], PyTree]:
         >>> import jax.numpy as jnp, noether_jax as nj
         >>> from noether_jax.nld import constrain_norm
         >>> sym = nj.symmetry.Scale({"w": jnp.array([0, 0])})
-        >>> constrain_norm(sym)({"w": jnp.array([6.0, 8.0])}, {"w": jnp.array([0.0, 1.0])})["w"].tolist()
+        >>> [round(v, 9) for v in constrain_norm(sym)({"w": jnp.array([6.0, 8.0])}, {"w": jnp.array([0.0, 1.0])})["w"].tolist()]
         [0.6, 0.8]
     """
     sym = _check_scale(sym)
@@ -193,7 +193,7 @@ def effective_learning_rate(
 
     Example:
         >>> from noether_jax.nld import effective_learning_rate
-        >>> float(effective_learning_rate(4.0, lr=0.1, momentum=0.9))
+        >>> round(float(effective_learning_rate(4.0, lr=0.1, momentum=0.9)), 12)
         0.25
     """
     return jnp.asarray(lr) / ((1.0 - jnp.asarray(momentum)) * jnp.asarray(r2))
@@ -230,7 +230,7 @@ def eq17_errors(
     Example:
         >>> import jax.numpy as jnp
         >>> from noether_jax.nld import eq17_errors
-        >>> eq17_errors(jnp.array([[1.0], [2.0]]), jnp.array([[1.0], [4.41]])).round(6).tolist()
+        >>> [round(v, 9) for v in eq17_errors(jnp.array([[1.0], [2.0]]), jnp.array([[1.0], [4.41]])).tolist()]
         [0.05]
     """
     r2, r4 = jnp.asarray(r2), jnp.asarray(r4_pred)
@@ -292,7 +292,7 @@ def rmsprop_mapping(
     Example:
         >>> from noether_jax.nld import rmsprop_mapping
         >>> m = rmsprop_mapping(0.1, 0.0, 0.0, [1.0, 4.0])
-        >>> float(m.gain), m.initial_accumulator.tolist(), float(m.decay)
+        >>> round(float(m.gain), 12), m.initial_accumulator.tolist(), float(m.decay)
         (0.02, [1.0, 16.0], 1.0)
     """
     if accumulate not in ("gradient", "momentum"):
@@ -355,7 +355,7 @@ def project_to_sphere(sym: MaskedSymmetry) -> optax.GradientTransformationExtraA
         >>> sym = nj.symmetry.Scale({"w": jnp.array([0, 0])})
         >>> p = {"w": jnp.array([1.0, 0.0])}
         >>> u, _ = project_to_sphere(sym).update({"w": jnp.array([0.0, 1.0])}, None, p)
-        >>> (p["w"] + u["w"]).round(6).tolist()
+        >>> [round(v, 6) for v in (p["w"] + u["w"]).tolist()]
         [0.707107, 0.707107]
     """
     sym = _check_scale(sym)
@@ -471,8 +471,8 @@ def lockstep(
         >>> sym = cnn_scale_symmetry(params)
         >>> tr = lockstep(net, sym, ds.x_train, ds.y_train, [(params, optax.sgd(0.1), None)] * 2, state,
         ...               jax.random.key(0), steps=3, batch_size=16)
-        >>> tr.r2.shape, float(tr.angle.max())
-        ((2, 4, 6), 0.0)
+        >>> tr.r2.shape, bool(tr.angle.max() < 1e-3)    # identical runs (up to arccos round-off)
+        ((2, 4, 6), True)
     """
     sym = _check_scale(sym)
     check_batch_size(int(batch_size), x.shape[0])
