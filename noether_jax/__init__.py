@@ -7,7 +7,7 @@ behind them are private.
 
 from importlib.metadata import PackageNotFoundError, version
 
-from . import data, kinetic, models, rules, symmetry, theory
+from . import data, kinetic, models, nld, rules, symmetry, theory
 from ._config import enable_x64
 from ._conservation import ConservationCount, count_conservation_laws
 from ._integrate import RESULTS, Trajectory, simulate
@@ -31,6 +31,7 @@ except PackageNotFoundError:  # pragma: no cover - running from a source tree
     __version__ = "0.0.0"
 
 __all__ = [
+    "nld",
     "sweep",
     "Hyper",
     "Record",

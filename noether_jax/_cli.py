@@ -91,6 +91,10 @@ from ._sweep import sweep_command  # noqa: E402
 
 app.command("sweep")(sweep_command)
 
+from ._nld import nld_command  # noqa: E402
+
+app.command("nld")(nld_command)
+
 
 def main() -> None:  # the console-script entry point
     app()
