@@ -7,7 +7,7 @@ behind them are private.
 
 from importlib.metadata import PackageNotFoundError, version
 
-from . import data, kinetic, models, nld, rules, symmetry, theory
+from . import data, kinetic, models, nld, rules, stochastic, symmetry, theory
 from ._config import enable_x64
 from ._conservation import ConservationCount, count_conservation_laws
 from ._integrate import RESULTS, Trajectory, simulate
@@ -32,6 +32,7 @@ except PackageNotFoundError:  # pragma: no cover - running from a source tree
 
 __all__ = [
     "nld",
+    "stochastic",
     "sweep",
     "Hyper",
     "Record",
