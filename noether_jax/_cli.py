@@ -12,8 +12,11 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, help="Learning dyn
 
 @app.callback()
 def _main(x64: bool = typer.Option(True, help="Run in float64 (the default); --no-x64 for float32.")) -> None:
+    import matplotlib
+
     from ._config import enable_x64
 
+    matplotlib.use("Agg")  # files only: the command line never opens a window (the library leaves the backend alone)
     enable_x64(x64)
 
 
@@ -72,6 +75,10 @@ def neural_mechanics_cmd(
         raise typer.Exit(1)
     for kind, e in summary["symmetries"].items():
         typer.echo(f"{kind:12s} {e['n_groups']:5d} groups   median rel. error {e['median_rel_error']:.2e}   max {e['max_rel_error']:.2e}")
+    stab = summary.get("stability") or {}
+    if stab:
+        verdict = "valid" if stab["valid"] else f"EDGE OF STABILITY at steps {stab['flagged_steps']}: no continuous model applies"
+        typer.echo(f"guard        max η·λ_max {stab['max_sharpness']:.3g} vs 2(1+β) = {stab['threshold']:.3g}: {verdict}")
     typer.echo(f"test accuracy {summary['final_test_accuracy']:.3f}\nwrote {out}/summary.json, figures and series.nc")
 
 

@@ -111,6 +111,10 @@ def to_dataset(record: Record, symmetries: dict, config: NMConfig) -> xr.Dataset
         if kind == "scale":
             ds["nld_r4_scale"] = (("step", dim), np.asarray(record.nld_r4))
     ds["diverged_step"] = int(record.diverged_step)
+    if np.asarray(record.lambda_max).size:
+        ds = ds.assign_coords(sharpness_step=np.asarray(record.sharpness_step))
+        ds["lambda_max"] = ("sharpness_step", np.asarray(record.lambda_max))
+        ds["sharpness"] = ("sharpness_step", np.asarray(record.lambda_max) * config.lr)
     return ds
 
 
@@ -140,7 +144,8 @@ def neural_mechanics(config: NMConfig = NMConfig(), *, progress: bool = True) ->
     t_detect = time.perf_counter() - t0
     steps = config.steps
     save_every = config.save_every if steps % config.save_every == 0 else 1
-    rec = Recorder(net, symmetries, ds.x_train, ds.y_train, batch_size=config.batch_size, steps=steps, save_every=save_every)
+    rec = Recorder(net, symmetries, ds.x_train, ds.y_train, batch_size=config.batch_size, steps=steps, save_every=save_every,
+                   sharpness_every=sharpness_every(steps, save_every))
     hyper = Hyper(config.lr, config.momentum, config.weight_decay)
     t0 = time.perf_counter()
     compiled = jax.jit(Recorder.run).lower(rec, params, state, hyper, k_run).compile()
@@ -159,10 +164,44 @@ def neural_mechanics(config: NMConfig = NMConfig(), *, progress: bool = True) ->
     return NMResult(config, record, symmetries, summary, to_dataset(record, symmetries, config), net, params)
 
 
+def sharpness_every(steps: int, save_every: int, points: int = 10) -> int:
+    """The largest interval, a multiple of ``save_every`` dividing ``steps``, giving at least ``points`` λ_max estimates."""
+    chunks = steps // save_every
+    per = max(1, chunks // points)
+    while chunks % per:
+        per -= 1
+    return per * save_every
+
+
+def stability(config: NMConfig, record: Record) -> dict[str, Any]:
+    """The edge-of-stability guard of a run: η·λ_max along it against 2(1+β) (THEORY.md §1)."""
+    from ._guard import edge_of_stability
+
+    lam = np.asarray(record.lambda_max)
+    if lam.size == 0:
+        return {}
+    ok = np.isfinite(lam)
+    g = edge_of_stability(np.where(ok, lam, 0.0), config.lr, config.momentum)
+    flagged = np.asarray(g.flagged) & ok
+    return {
+        "lambda_max": [float(v) if f else None for v, f in zip(lam, ok)],
+        "step": np.asarray(record.sharpness_step).tolist(),
+        "max_sharpness": float(np.max(np.asarray(g.sharpness)[ok])) if ok.any() else None,
+        "threshold": float(2.0 * (1.0 + config.momentum)),
+        "flagged_steps": np.asarray(record.sharpness_step)[flagged].tolist(),
+        "valid": bool(ok.all() and not flagged.any()),
+        "estimator": "Lanczos (HVPs) on a mini-batch of the training loss plus weight decay",
+    }
+
+
 def summarise(config: NMConfig, record: Record, symmetries: dict, net, ds: _data.Dataset) -> dict:
-    """The ``summary.json`` content of one run; a diverged run gets no error figures at all."""
+    """The ``summary.json`` content of one run; a diverged run gets no error figures at all.
+
+    ``stability`` holds the edge-of-stability guard: where η·λ_max > 2(1+β) (``valid`` false) no
+    continuous model applies, and the theory's numbers of that run are not a test of it.
+    """
     diverged = bool(record.diverged_step >= 0)
-    out: dict[str, Any] = {"config": dataclasses.asdict(config), "diverged": diverged}
+    out: dict[str, Any] = {"config": dataclasses.asdict(config), "diverged": diverged, "stability": stability(config, record)}
     if diverged:
         out["diverged_step"] = int(record.diverged_step)
         out["symmetries"] = {k: {"n_groups": n_groups(symmetries[k])} for k in symmetries}

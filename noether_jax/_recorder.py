@@ -28,6 +28,7 @@ from jaxtyping import Array, ArrayLike, Bool, Float, Int, PRNGKeyArray, PyTree
 
 from . import _theory as theory
 from ._data import check_batch_size, sample_batch
+from ._guard import lambda_max
 from ._misc import check_hyper
 from ._models import Network, cross_entropy
 from ._rules import sgd
@@ -74,6 +75,10 @@ class Record(eqx.Module):
         grad_sq: kind → (S, G) ``sym.pair(g, g)`` of the last applied mini-batch gradient.
         params, state: the final parameters and model state.
         diverged_step: first step whose loss or parameters were not finite (−1: none).
+        sharpness_step, lambda_max: the steps n at which λ_max of the Hessian of the mini-batch
+            ℒ + (λ/2)|θ|² was estimated (Lanczos, HVPs only) and the estimates, every
+            ``sharpness_every`` steps and at the end; empty when ``sharpness_every = 0``. A step with
+            η·λ_max > 2(1+β) is beyond the edge of stability (:func:`noether_jax.stochastic.edge_of_stability`).
     """
 
     step: Int[Array, " S"]
@@ -86,6 +91,8 @@ class Record(eqx.Module):
     params: PyTree
     state: PyTree
     diverged_step: Int[Array, ""]
+    sharpness_step: Int[Array, " P"]
+    lambda_max: Float[Array, " P"]
 
     @property
     def diverged(self) -> Bool[Array, ""]:
@@ -110,6 +117,10 @@ class Recorder(eqx.Module):
         loss: ``(logits, y) -> scalar``; default softmax cross-entropy.
         divergence_factor: a step whose loss or parameters are not finite, or whose loss exceeds
             ``divergence_factor`` × the initial loss, marks the run as diverged (``diverged_step``).
+        sharpness_every: estimate λ_max of the mini-batch Hessian (``sharpness_iters`` Lanczos steps
+            on a batch drawn from its own key, so training is unchanged) before every
+            ``sharpness_every`` steps and after the last; a multiple of ``save_every``; 0 (default): off.
+            Costs about 2·``sharpness_iters`` gradients per estimate.
 
     Example:
         >>> import jax, noether_jax as nj
@@ -134,6 +145,8 @@ class Recorder(eqx.Module):
     post_update: Callable[[PyTree, PyTree], PyTree] | None = eqx.field(static=True, default=None)
     loss: Callable[[Array, Array], Array] = eqx.field(static=True, default=cross_entropy)
     divergence_factor: float = eqx.field(static=True, default=1e4)
+    sharpness_every: int = eqx.field(static=True, default=0)
+    sharpness_iters: int = eqx.field(static=True, default=20)
 
     def __init__(
         self,
@@ -149,6 +162,8 @@ class Recorder(eqx.Module):
         post_update: Callable[[PyTree, PyTree], PyTree] | None = None,
         loss: Callable[[Array, Array], Array] = cross_entropy,
         divergence_factor: float = 1e4,
+        sharpness_every: int = 0,
+        sharpness_iters: int = 20,
     ):
         unknown = set(symmetries) - set(KINDS)
         if unknown:
@@ -176,6 +191,14 @@ class Recorder(eqx.Module):
         if not divergence_factor > 1:
             raise ValueError(f"`divergence_factor` must be > 1, got {divergence_factor}.")
         self.divergence_factor = float(divergence_factor)
+        if int(sharpness_every) < 0 or (int(sharpness_every) and int(sharpness_every) % self.save_every):
+            raise ValueError(f"`sharpness_every` must be 0 (off) or a positive multiple of `save_every` ({self.save_every}), "
+                             f"got {sharpness_every}.")
+        if int(sharpness_every) and self.steps % int(sharpness_every):
+            raise ValueError(f"`sharpness_every` ({sharpness_every}) must divide `steps` ({self.steps}).")
+        if int(sharpness_iters) < 1:
+            raise ValueError(f"`sharpness_iters` must be a positive integer, got {sharpness_iters}.")
+        self.sharpness_every, self.sharpness_iters = int(sharpness_every), int(sharpness_iters)
 
     @property
     def num_saves(self) -> int:
@@ -273,7 +296,34 @@ def _run(rec: Recorder, params, state, hyper: Hyper, key) -> Record:
 
     carry0 = (params, state, opt.init(params), law_state, r4_state, jnp.zeros((), jnp.int32), jnp.full((), -1, jnp.int32))
     first_save = save(carry0)
-    carry, (losses, saves, gsq) = jax.lax.scan(chunk, carry0, chunk_keys)
+    fdt = jnp.result_type(float)
+    if rec.sharpness_every:
+        # an outer scan over blocks of chunks (not a cond per chunk, which vmap would turn into
+        # computing λ_max at every save point); its batches come from their own keys
+        per = rec.sharpness_every // rec.save_every
+        blocks = chunk_keys.reshape((-1, per) + chunk_keys.shape[1:])
+        guard_keys = jax.random.split(jax.random.fold_in(key, 0x6e6a), blocks.shape[0] + 1)
+
+        def sharpness(c, gk):
+            p, s = c[0], c[1]
+            kb, kv = jax.random.split(gk)
+            batch = sample_batch(kb, rec.x, rec.y, rec.batch_size)
+            return lambda_max(lambda q: loss_fn(q, s, batch)[0], p, weight_decay=hyper.weight_decay, key=kv,
+                              iters=rec.sharpness_iters)
+
+        def block(c, inp):
+            keys_b, gk = inp
+            lam = sharpness(c, gk)
+            c, outs = jax.lax.scan(chunk, c, keys_b)
+            return c, (lam, outs)
+
+        carry, (lams, outs) = jax.lax.scan(block, carry0, (blocks, guard_keys[:-1]))
+        losses, saves, gsq = jax.tree.map(lambda a: a.reshape((a.shape[0] * a.shape[1],) + a.shape[2:]), outs)
+        lams = jnp.concatenate([lams, sharpness(carry, guard_keys[-1])[None]])
+        sharp_step = jnp.arange(0, rec.steps + 1, rec.sharpness_every)
+    else:
+        carry, (losses, saves, gsq) = jax.lax.scan(chunk, carry0, chunk_keys)
+        lams, sharp_step = jnp.zeros((0,), fdt), jnp.zeros((0,), jnp.int32)
 
     def stack0(a0, a):
         return jnp.concatenate([a0[None], a], axis=0)
@@ -292,6 +342,8 @@ def _run(rec: Recorder, params, state, hyper: Hyper, key) -> Record:
         params=carry[0],
         state=carry[1],
         diverged_step=carry[6],
+        sharpness_step=sharp_step,
+        lambda_max=lams,
     )
 
 

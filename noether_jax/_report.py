@@ -195,6 +195,10 @@ def nm_section(summary: dict, figs, anchor: str) -> Section:
             if k in e:
                 tab[f"{kind}.{k}"] = e[k]
     tab["final_test_accuracy"] = summary.get("final_test_accuracy")
+    stab = summary.get("stability") or {}
+    for k in ("max_sharpness", "threshold", "valid"):
+        if k in stab:
+            tab[f"stability.{k}"] = stab[k]
     theory = "NM eqs. 18–20 fed the applied mini-batch |g_𝒜|²" if cfg["momentum"] == 0 else \
         "the driven damped oscillator Ẍ + 2γẊ + ω²X = 2|θ̇_𝒜|² fed the measured velocities"
     sec = Section(
@@ -209,7 +213,20 @@ def nm_section(summary: dict, figs, anchor: str) -> Section:
         anchor=anchor,
     )
     sec.figures = [(c, b) for _, c, b in figs]
+    sec.error += " " + stability_note(stab)
     return sec
+
+
+def stability_note(stab: dict) -> str:
+    """One sentence on the edge-of-stability guard of a run, for reports (empty when it was not run)."""
+    if not stab:
+        return ""
+    if stab.get("valid"):
+        return (f"<b>Validity guard:</b> max η·λ_max = {stab['max_sharpness']:.3g} &lt; 2(1+β) = {stab['threshold']:.3g} "
+                f"at all {len(stab['step'])} checked steps: the continuous model applies.")
+    return (f"<b>Validity guard: EDGE OF STABILITY.</b> η·λ_max reached {stab.get('max_sharpness') or float('nan'):.3g} "
+            f"&gt; 2(1+β) = {stab['threshold']:.3g} at steps {stab['flagged_steps']}: no modified flow applies there, "
+            "so these errors are not a test of the continuous theory.")
 
 
 def reproduce(out: Path, *, quick: bool = True, progress: bool = True) -> dict:

@@ -130,3 +130,43 @@ def test_bad_method_and_iters():
         lambda_max(quad, jnp.zeros(D), iters=0)
     with pytest.raises(ValueError, match="scalar"):
         lambda_max(lambda p: p, jnp.zeros(D))
+
+
+# --------------------------------------------------------------------------- the guard along real training
+def test_recorder_estimates_lambda_max_along_training_without_changing_it():
+    """Full-batch GD of a ReLU MLP on digits: the recorder's λ_max at the first and the last step equal
+    the top eigenvalue of the dense Hessian (d = 354) there; the training itself is bit for bit the same."""
+    ds = nj.data.digits()
+    x, y = ds.x_train[:256], ds.y_train[:256]
+    net, params, state = nj.models.functional(nj.models.make_model("mlp", width=4, key=3))
+    syms = {"translation": nj.symmetry.Translation({"head": {"bias": True, "kernel": False},
+                                                    "hidden": {0: {"bias": False, "kernel": False}, 1: {"bias": False, "kernel": False}}})}
+    hyper = nj.Hyper(0.5, 0.0, 1e-3)
+    kw = dict(batch_size=256, steps=40, save_every=10)  # a batch of all 256 examples: the full-batch loss
+    plain = nj.Recorder(net, syms, x, y, **kw).run(params, state, hyper, jax.random.key(0))
+    rec = nj.Recorder(net, syms, x, y, sharpness_every=20, sharpness_iters=80, **kw)
+    out = jax.jit(nj.Recorder.run)(rec, params, state, hyper, jax.random.key(0))
+    assert np.asarray(out.sharpness_step).tolist() == [0, 20, 40]
+    for a, b in zip(jax.tree.leaves((plain.params, plain.measured, plain.loss)), jax.tree.leaves((out.params, out.measured, out.loss))):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    flat, unravel = jax.flatten_util.ravel_pytree(params)
+
+    def dense_top(p):
+        f = lambda v: nj.models.cross_entropy(net(unravel(v), state, x, train=True)[0], y) + 0.5e-3 * v @ v  # noqa: E731
+        return float(np.linalg.eigvalsh(np.asarray(jax.hessian(f)(jax.flatten_util.ravel_pytree(p)[0])))[-1])
+
+    lam = np.asarray(out.lambda_max)
+    np.testing.assert_allclose(lam[[0, -1]], [dense_top(params), dense_top(out.params)], rtol=1e-6)
+    assert np.all(lam > 0)
+
+
+def test_neural_mechanics_summary_carries_the_guard():
+    from noether_jax._neural_mechanics import NMConfig, neural_mechanics
+
+    res = neural_mechanics(NMConfig(width=8, steps=40, save_every=10, lr=0.1), progress=False)
+    stab = res.summary["stability"]
+    lam = np.asarray(res.record.lambda_max)
+    assert len(stab["step"]) == lam.size >= 2 and np.all(np.isfinite(lam))
+    np.testing.assert_allclose(stab["max_sharpness"], 0.1 * lam.max())
+    assert stab["valid"] == bool(0.1 * lam.max() <= 2.0)
+    assert "lambda_max" in res.dataset and res.dataset["lambda_max"].dims == ("sharpness_step",)
