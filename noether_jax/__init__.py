@@ -7,7 +7,7 @@ behind them are private.
 
 from importlib.metadata import PackageNotFoundError, version
 
-from . import data, kinetic, models, nld, rules, stochastic, symmetry, theory
+from . import data, kinetic, models, nld, plots, rules, stochastic, symmetry, theory
 from ._config import enable_x64
 from ._conservation import ConservationCount, count_conservation_laws
 from ._integrate import RESULTS, Trajectory, simulate
@@ -23,7 +23,7 @@ from ._noether import (
 )
 from ._recorder import Hyper, Record, Recorder
 from ._rules import LearningRule
-from ._sweep import sweep
+from ._sweep import status_names, sweep, sweep_figures, sweep_summary
 
 try:
     __version__ = version("noether_jax")
@@ -34,6 +34,10 @@ __all__ = [
     "nld",
     "stochastic",
     "sweep",
+    "sweep_figures",
+    "sweep_summary",
+    "status_names",
+    "plots",
     "Hyper",
     "Record",
     "Recorder",

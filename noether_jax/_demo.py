@@ -102,9 +102,6 @@ def run_demo(lr: float = 0.05, momentum: float = 0.0, weight_decay: float = 0.0,
 
 
 def plot_demo(result: dict[str, Any], path: Path) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     styles = {"discrete": dict(color="k", lw=2.5), "modified flow": dict(color="C1", ls="--", lw=2), "gradient flow": dict(color="C0", ls=":", lw=2)}

@@ -11,11 +11,8 @@ import io
 from collections.abc import Mapping
 from typing import Any
 
-import matplotlib
-
-matplotlib.use("Agg", force=False)
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
 
 TITLES = {
     "translation": r"translation: $\langle\theta_\mathcal{A}, \mathbb{1}\rangle$",

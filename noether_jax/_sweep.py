@@ -637,8 +637,6 @@ def sweep_figures(ds: xr.Dataset, out_dir: str | os.PathLike) -> list[Path]:
         ['heatmap_error_median_rescale.png', 'heatmap_error_median_translation.png', 'heatmap_final_loss.png']
     """
     import matplotlib
-
-    matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
 
     out = Path(out_dir)
