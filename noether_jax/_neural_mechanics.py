@@ -111,6 +111,10 @@ def to_dataset(record: Record, symmetries: dict, config: NMConfig) -> xr.Dataset
         if kind == "scale":
             ds["nld_r4_scale"] = (("step", dim), np.asarray(record.nld_r4))
     ds["diverged_step"] = int(record.diverged_step)
+    if int(record.diverged_step) >= 0:  # no garbage after a divergence: those save points are NaN
+        after = xr.DataArray(step > int(record.diverged_step), dims="step")
+        for name in [v for v in ds.data_vars if "step" in ds[v].dims]:
+            ds[name] = ds[name].where(~after)
     if np.asarray(record.lambda_max).size:
         ds = ds.assign_coords(sharpness_step=np.asarray(record.sharpness_step))
         ds["lambda_max"] = ("sharpness_step", np.asarray(record.lambda_max))

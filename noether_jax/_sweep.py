@@ -354,7 +354,6 @@ def sweep(
     store: str | os.PathLike | None = None,
     devices: Sequence[jax.Device] | None = None,
     progress: bool = True,
-    flow: bool = False,
     symmetries: Mapping[str, MaskedSymmetry | tuple[MaskedSymmetry, ...]] | Callable[..., Mapping] | None = None,
     init_scale_on: str = "all",
     floor: float = 1e-3,
@@ -389,7 +388,6 @@ def sweep(
             written by a different sweep is refused.
         devices: the devices to shard the member axis over (default ``jax.devices()``).
         progress: show a tqdm progress bar over chunks.
-        flow: the continuous flow per member (not implemented in this version; must be False).
         symmetries: kind -> :class:`~noether_jax.symmetry.MaskedSymmetry` (or a tuple of them, as
             :class:`~noether_jax.Recorder` takes), or a callable ``(net, params, state) -> that``
             called on the first seed's model. Default: ``nj.symmetry.detect`` on the first seed's
@@ -438,8 +436,6 @@ def sweep(
         True
     """
     t_all = time.perf_counter()
-    if flow:
-        raise NotImplementedError("`flow=True` (the continuous flow per member) is not implemented yet; use flow=False.")
     if init_scale_on not in ("all", "scale"):
         raise ValueError(f"`init_scale_on` must be 'all' or 'scale', got {init_scale_on!r}.")
     if isinstance(steps, bool) or not isinstance(steps, int | np.integer) or steps <= 0:

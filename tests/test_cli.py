@@ -58,6 +58,23 @@ def test_a_diverging_run_is_reported_as_diverged_and_nothing_else(tmp_path):
     assert summary["final_test_accuracy"] is None
     assert all(set(e) == {"n_groups"} for e in summary["symmetries"].values())
     assert not list(out.glob("*.png"))
+    with xr.open_dataset(out / "series.nc") as ds:
+        after = ds["step"] > summary["diverged_step"]  # the saved series hold nothing after the divergence
+        assert bool(after.any())
+        for name in ds.data_vars:
+            if "step" in ds[name].dims:
+                assert bool(ds[name].where(after, drop=True).isnull().all()), name
+
+
+@pytest.mark.parametrize(
+    "args, match",
+    [(["--model", "mlp"], "no scale-invariant group"), (["--model", "resnet"], "unknown model"),
+     (["--model", "mlp", "--no-detect"], "detect"), (["--lr", "0"], "lr"), (["--momentum", "1"], "momentum")],
+)
+def test_nld_bad_input_is_refused_with_exit_code_2(tmp_path, args, match):
+    res = runner.invoke(app, ["nld", *args, "--steps", "10", "--out", str(tmp_path / "nld")])
+    assert res.exit_code == 2, res.output
+    assert match in res.output
 
 
 def test_demo_runs(tmp_path):

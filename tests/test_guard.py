@@ -135,10 +135,10 @@ def test_bad_method_and_iters():
 # --------------------------------------------------------------------------- the guard along real training
 def test_recorder_estimates_lambda_max_along_training_without_changing_it():
     """Full-batch GD of a ReLU MLP on digits: the recorder's λ_max at the first and the last step equal
-    the top eigenvalue of the dense Hessian (d = 354) there; the training itself is bit for bit the same."""
+    the top eigenvalue of the dense Hessian (d = 247) there; the training itself is bit for bit the same."""
     ds = nj.data.digits()
     x, y = ds.x_train[:256], ds.y_train[:256]
-    net, params, state = nj.models.functional(nj.models.make_model("mlp", width=4, key=3))
+    net, params, state = nj.models.functional(nj.models.make_model("mlp", width=3, key=3))
     syms = {"translation": nj.symmetry.Translation({"head": {"bias": True, "kernel": False},
                                                     "hidden": {0: {"bias": False, "kernel": False}, 1: {"bias": False, "kernel": False}}})}
     hyper = nj.Hyper(0.5, 0.0, 1e-3)

@@ -535,3 +535,28 @@ def test_non_symmetry_objects_are_type_errors():
         nj.noether_charge(lambda q, v, t: 0.0, ROT)
     with pytest.raises(TypeError, match="Lagrangian"):
         nj.charge_budget(nj.kinetic.Euclidean(1.0), ROT, jnp.ones(2), jnp.ones(2))
+
+
+def test_charge_budget_with_a_state_dependent_metric():
+    """A non-Euclidean kinetic term K = ½ Σ mᵢ(q) vᵢ² breaks rotation symmetry through the metric part of the
+    budget; the four parts still sum to the rate, and the rate integrates to the charge along a trajectory."""
+    rot = nj.symmetry.Action(lambda q, a: jnp.array([jnp.cos(a) * q[0] - jnp.sin(a) * q[1],
+                                                      jnp.sin(a) * q[0] + jnp.cos(a) * q[1]]))
+    kin = nj.kinetic.Diagonal(lambda q, t: jnp.array([1.0 + q[0] ** 2, 2.0 + jnp.sin(q[1])]))
+    lag = nj.Lagrangian(kin, lambda q, t: 0.5 * jnp.sum(q**2), damping=0.2)  # V is rotation invariant
+    ts = jnp.linspace(0.0, 4.0, 801)
+    traj = nj.simulate(lag, jnp.array([1.0, 0.3]), jnp.array([-0.2, 0.9]), t1=4.0, ts=ts, **TIGHT)
+    b = jax.vmap(lambda q, v, t: nj.charge_budget(lag, rot, q, v, t))(traj.q, traj.v, ts)
+    rate = np.asarray(b.rate)[:, 0]
+    scale = float(np.max(np.abs(rate)))
+    assert float(np.max(np.abs(np.asarray(b.residual())))) < 1e-12 * scale
+    assert float(np.max(np.abs(np.asarray(b.potential)))) < 1e-12 * scale  # V keeps the symmetry
+    metric_and_kinetic = np.asarray(b.metric)[:, 0] + np.asarray(b.kinetic_asymmetry)[:, 0]
+    assert float(np.max(np.abs(metric_and_kinetic))) > 0.1 * scale  # the kinetic term breaks it
+    q = np.asarray(b.charge)[:, 0]
+    integral = cumulative_simpson(rate, x=np.asarray(ts), initial=0.0)
+    assert float(np.max(np.abs(q - (q[0] + integral)))) < 1e-6 * float(np.max(np.abs(q)))
+    # the charge by hand: Q̃ = ⟨M(q) v, ξ⟩ with ξ = (−q₁, q₀)
+    Q, V_ = np.asarray(traj.q), np.asarray(traj.v)
+    hand = (1.0 + Q[:, 0] ** 2) * V_[:, 0] * (-Q[:, 1]) + (2.0 + np.sin(Q[:, 1])) * V_[:, 1] * Q[:, 0]
+    np.testing.assert_allclose(q, hand, rtol=1e-12, atol=1e-14)
