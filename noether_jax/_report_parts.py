@@ -33,4 +33,10 @@ def _sweep_part(out_dir: Path, *, quick: bool = True):
     return part, [sec]
 
 
-PARTS: list = [("sweep", _sweep_part)]
+def _nld_part(out_dir: Path, *, quick: bool = True):
+    from ._nld import nld_report_part
+
+    return nld_report_part(out_dir, quick=quick)
+
+
+PARTS: list = [("nld", _nld_part), ("sweep", _sweep_part)]

@@ -202,6 +202,7 @@ def test_cnn_beta09_eq17_issue_target(digits):
     assert np.median(err) <= 0.02
 
 
+@pytest.mark.slow  # the same claims are asserted on the main report's NLD part (tests/test_report.py)
 def test_ablation_init_x10_same_loss_different_training(digits, cnn4):
     net, params, state, sym = cnn4
     a = nld.init_scale_ablation(net, sym, digits.x_train, digits.y_train, params, state, nj.Hyper(0.1, 0.0, 5e-4),
@@ -217,7 +218,7 @@ def test_ablation_constrained_norm_loses_at_beta09_with_weight_decay(digits, cnn
     lower final training loss than the best constrained one (one vmapped Recorder per side)."""
     net, params, state, sym = cnn4
     b = nld.constrained_ablation(net, sym, digits.x_train, digits.y_train, params, state, jax.random.key(1),
-                                 lrs=[0.03, 0.1], momenta=[0.9], weight_decays=[5e-4], steps=1000, batch_size=64)
+                                 lrs=[0.1], momenta=[0.9], weight_decays=[5e-4], steps=400, batch_size=64)
     u, c = np.nanmin(b["unconstrained"]), np.nanmin(b["constrained"])
     print(f"\n  final training loss: unconstrained {b['unconstrained'].ravel()}, constrained {b['constrained'].ravel()}")
     assert u < c
@@ -253,6 +254,7 @@ def test_adam_norm_recursion_and_double_adaptivity(digits, cnn4):
     assert c["adamw"]["r2_end_median"] < c["adam"]["r2_end_median"]
 
 
+@pytest.mark.slow  # the same claims are asserted on the main report's KSB rows (tests/test_report.py)
 def test_ksb_report_rules(digits):
     """Euclidean rules break scale (δK = m|v_𝒜|²) and not translation; a constant diagonal metric (fixed
     preconditioner, Adam's √v̂ snapshot) breaks scale and, being constant in θ, not translation either."""
