@@ -267,6 +267,8 @@ def _diffrax_solve(sde: SGDSDE, state0, key, dt, steps, save_every, solver, brow
     sol = diffrax.diffeqsolve(
         terms, solver if solver is not None else diffrax.Euler(), 0.0, t1, dt, state0,
         saveat=diffrax.SaveAt(ts=ts), stepsize_controller=diffrax.ConstantStepSize(), max_steps=steps + 1,
+        # an UnsafeBrownianPath cannot be replayed backwards: forward-mode differentiation only
+        adjoint=diffrax.ForwardMode() if brownian == "unsafe" else diffrax.RecursiveCheckpointAdjoint(),
     )
     return sol.ys
 
@@ -290,7 +292,7 @@ def sde_path(
     Euler–Maruyama in a ``lax.scan`` with increments from ``fold_in(key, step)``. ``method="diffrax"``
     solves the same Itô SDE with ``diffrax.diffeqsolve`` (``solver`` default ``diffrax.Euler()``;
     ``brownian="virtual"`` is a ``VirtualBrownianTree``, reproducible and differentiable; ``"unsafe"``
-    an ``UnsafeBrownianPath``). Note: Euler–Heun, Heun and Midpoint converge to the Stratonovich SDE,
+    an ``UnsafeBrownianPath``, reproducible, cheaper, and differentiable in forward mode only). Note: Euler–Heun, Heun and Midpoint converge to the Stratonovich SDE,
     which differs here because Σ depends on θ; use SRA1/ShARK only when Σ is constant (additive noise).
     Both methods are reproducible from ``key`` and differentiable.
 

@@ -208,9 +208,9 @@ def test_reproducible_and_differentiable():
     p0 = _sym_params()
     sde = SGDSDE(_sym_loss, x, y, lr=0.1, batch_size=4)
     key = jax.random.key(7)
-    for method in ("scan", "diffrax"):
-        a = sde_path(sde, p0, 0.5, key, dt=0.05, method=method)
-        b = sde_path(sde, p0, 0.5, key, dt=0.05, method=method)
+    for method, brownian in (("scan", "virtual"), ("diffrax", "virtual"), ("diffrax", "unsafe")):
+        a = sde_path(sde, p0, 0.5, key, dt=0.05, method=method, brownian=brownian)
+        b = sde_path(sde, p0, 0.5, key, dt=0.05, method=method, brownian=brownian)
         assert all(np.array_equal(u, v) for u, v in zip(jax.tree.leaves(a.params), jax.tree.leaves(b.params)))
     # same Brownian increments in law: scan and diffrax paths differ, but both are finite and close in the mean
     f = lambda s: sde.loss(jax.tree.map(lambda z: z[-1], sde_path(sde, {**p0, "b": p0["b"] * s}, 0.5, key, dt=0.05).params))  # noqa: E731
