@@ -1075,8 +1075,8 @@ def nld_report(
     figures["rmsprop_match"] = _save(fig, out / "nld_rmsprop_match.png")
 
     # ---- match as a function of η/r²
-    msteps = min(steps, 200 if quick else 500)
-    short = min(steps, 300) if quick else steps  # the ×10-init and Adam ablations
+    msteps = min(steps, 100 if quick else 500)
+    short = min(steps, 200) if quick else steps  # the ×10-init and Adam ablations
     lrs0 = [0.03, 0.1, 0.3] if quick else [0.01, 0.03, 0.1, 0.3, 1.0, 3.0]
     lrs9 = [0.003, 0.01, 0.03] if quick else [0.001, 0.003, 0.01, 0.03, 0.1, 0.3]
     mv = {"beta0": match_vs_effective_lr(net, sym, x, y, params, state, lrs0, 0.0, weight_decay, key, steps=msteps, batch_size=batch_size),

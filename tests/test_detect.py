@@ -104,6 +104,7 @@ def test_batchnorm_cnn(gauss):
     assert float(jnp.max(res.max())) <= 1e-6
 
 
+@pytest.mark.slow  # the default run covers four architectures (ReLU, tanh, LayerNorm MLPs; BatchNorm CNN)
 @pytest.mark.parametrize("bn", [False, True])
 def test_vgg(gauss, bn):
     name = "vgg_bn" if bn else "vgg"

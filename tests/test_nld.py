@@ -137,6 +137,7 @@ def _cnn_map_checks(cmp, lr, beta, wd, window=500):
     return e, s500, s
 
 
+@pytest.mark.slow  # the same targets are asserted on the main report's NLD part (tests/test_report.py)
 def test_cnn_beta0_eq17_and_rmsprop_map_reduced(digits, cnn4):
     """Reduced version (width 4, 500 steps) of the issue's β = 0 targets: eq. 17 median ≤ 2%, the
     mapped RMSProp within 5° of SGD's θ̂ for every group, lr/√G within 5% of η/r², control ≥ 3× further."""

@@ -73,7 +73,15 @@ def test_issue_targets_on_digits(reproduced):
     assert {r["config"]["momentum"] for r in summary["neural_mechanics"] if "scale" in r["symmetries"]} == {0.0, 0.9}
     nld = summary["nld"]
     assert {"eq17", "rmsprop_match", "ablation"} <= set(nld)
-    assert nld["rmsprop_match"]["mismatched_max_angle_deg"] >= 3 * nld["rmsprop_match"]["max_angle_deg"]
+    # β = 0 on the BatchNorm CNN (500 steps in quick mode; 2000 in the slow test): eq. 17 ≤ 2 %, the mapped
+    # RMSProp within 5° of SGD's directions for every group, lr/√G within 5 % of η/r², the control ≥ 3× further
+    r = nld["rmsprop_match"]
+    assert nld["eq17"]["median_rel_error"] <= 0.02
+    assert r["max_angle_deg"] <= 5.0 and r["lr_eff_max_rel_error"] <= 0.05
+    assert r["mismatched_max_angle_deg"] >= 3 * r["max_angle_deg"]
+    # β = 0.9: the mapping needs momentum (with it the match is closer at every η tried)
+    mv = nld["match_vs_lr"]
+    assert all(a < b for a, b in zip(mv["beta0.9_momentum"]["max_angle_deg"], mv["beta0.9_gradient"]["max_angle_deg"]))
 
 
 def test_nld_ablations_and_kinetic_symmetry_breaking(reproduced):
