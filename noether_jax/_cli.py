@@ -77,8 +77,10 @@ def neural_mechanics_cmd(
         typer.echo(f"{kind:12s} {e['n_groups']:5d} groups   median rel. error {e['median_rel_error']:.2e}   max {e['max_rel_error']:.2e}")
     stab = summary.get("stability") or {}
     if stab:
-        verdict = "valid" if stab["valid"] else f"EDGE OF STABILITY at steps {stab['flagged_steps']}: no continuous model applies"
-        typer.echo(f"guard        max η·λ_max {stab['max_sharpness']:.3g} vs 2(1+β) = {stab['threshold']:.3g}: {verdict}")
+        verdict = ("valid" if stab["valid"] else f"λ_max not finite at steps {stab['not_finite_steps']}" if stab.get("not_finite_steps")
+                   else f"EDGE OF STABILITY at steps {stab['flagged_steps']}: no continuous model applies")
+        sharp = stab["max_sharpness"]
+        typer.echo(f"guard        max η·λ_max {float('nan') if sharp is None else sharp:.3g} vs 2(1+β) = {stab['threshold']:.3g}: {verdict}")
     typer.echo(f"test accuracy {summary['final_test_accuracy']:.3f}\nwrote {out}/summary.json, figures and series.nc")
 
 

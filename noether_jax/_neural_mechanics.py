@@ -193,6 +193,7 @@ def stability(config: NMConfig, record: Record) -> dict[str, Any]:
         "max_sharpness": float(np.max(np.asarray(g.sharpness)[ok])) if ok.any() else None,
         "threshold": float(2.0 * (1.0 + config.momentum)),
         "flagged_steps": np.asarray(record.sharpness_step)[flagged].tolist(),
+        "not_finite_steps": np.asarray(record.sharpness_step)[~ok].tolist(),
         "valid": bool(ok.all() and not flagged.any()),
         "estimator": "Lanczos (HVPs) on a mini-batch of the training loss plus weight decay",
     }

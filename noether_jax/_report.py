@@ -225,6 +225,9 @@ def stability_note(stab: dict) -> str:
     if stab.get("valid"):
         return (f"<b>Validity guard:</b> max η·λ_max = {stab['max_sharpness']:.3g} &lt; 2(1+β) = {stab['threshold']:.3g} "
                 f"at all {len(stab['step'])} checked steps: the continuous model applies.")
+    if stab.get("not_finite_steps"):
+        return (f"<b>Validity guard:</b> λ_max was not finite at steps {stab['not_finite_steps']}: the continuous model "
+                "cannot be checked there.")
     return (f"<b>Validity guard: EDGE OF STABILITY.</b> η·λ_max reached {stab.get('max_sharpness') or float('nan'):.3g} "
             f"&gt; 2(1+β) = {stab['threshold']:.3g} at steps {stab['flagged_steps']}: no modified flow applies there, "
             "so these errors are not a test of the continuous theory.")

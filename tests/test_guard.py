@@ -170,3 +170,22 @@ def test_neural_mechanics_summary_carries_the_guard():
     np.testing.assert_allclose(stab["max_sharpness"], 0.1 * lam.max())
     assert stab["valid"] == bool(0.1 * lam.max() <= 2.0)
     assert "lambda_max" in res.dataset and res.dataset["lambda_max"].dims == ("sharpness_step",)
+
+
+def test_summaries_and_reports_state_the_flag():
+    """η·λ_max against 2(1+β) in a run's summary and its report sentence (λ_max values given, so exact)."""
+    import types
+
+    from noether_jax._neural_mechanics import NMConfig, stability
+    from noether_jax._report import stability_note
+
+    def rec(*lams):
+        return types.SimpleNamespace(lambda_max=np.array(lams), sharpness_step=np.arange(len(lams)) * 10)
+
+    s = stability(NMConfig(lr=0.1), rec(10.0, 25.0, 15.0))  # η·λ = 1, 2.5, 1.5 against 2
+    assert s["flagged_steps"] == [10] and not s["valid"] and s["max_sharpness"] == pytest.approx(2.5)
+    assert "EDGE OF STABILITY" in stability_note(s) and "[10]" in stability_note(s)
+    s = stability(NMConfig(lr=0.1, momentum=0.9), rec(10.0, 25.0, 15.0))  # against 2(1+β) = 3.8
+    assert s["valid"] and s["flagged_steps"] == [] and "applies" in stability_note(s)
+    s = stability(NMConfig(lr=0.1), rec(10.0, np.nan))
+    assert not s["valid"] and s["not_finite_steps"] == [10] and "not finite" in stability_note(s)
