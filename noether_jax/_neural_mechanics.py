@@ -191,7 +191,7 @@ def stability(config: NMConfig, record: Record) -> dict[str, Any]:
         "lambda_max": [float(v) if f else None for v, f in zip(lam, ok)],
         "step": np.asarray(record.sharpness_step).tolist(),
         "max_sharpness": float(np.max(np.asarray(g.sharpness)[ok])) if ok.any() else None,
-        "threshold": float(2.0 * (1.0 + config.momentum)),
+        "threshold": float(np.min(np.asarray(g.threshold))),
         "flagged_steps": np.asarray(record.sharpness_step)[flagged].tolist(),
         "not_finite_steps": np.asarray(record.sharpness_step)[~ok].tolist(),
         "valid": bool(ok.all() and not flagged.any()),

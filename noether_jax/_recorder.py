@@ -18,7 +18,6 @@ one ``jax.vmap`` (see :func:`noether_jax.sweep`).
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from typing import Any
 
 import equinox as eqx
 import jax

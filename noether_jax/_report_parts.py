@@ -33,10 +33,6 @@ def _sweep_part(out_dir: Path, *, quick: bool = True):
     return part, [sec]
 
 
-def _nld_part(out_dir: Path, *, quick: bool = True):
-    from ._nld import nld_report_part
+from ._nld import nld_report_part  # noqa: E402
 
-    return nld_report_part(out_dir, quick=quick)
-
-
-PARTS: list = [("nld", _nld_part), ("sweep", _sweep_part)]
+PARTS: list = [("nld", nld_report_part), ("sweep", _sweep_part)]

@@ -292,8 +292,9 @@ def sde_path(
     Euler–Maruyama in a ``lax.scan`` with increments from ``fold_in(key, step)``. ``method="diffrax"``
     solves the same Itô SDE with ``diffrax.diffeqsolve`` (``solver`` default ``diffrax.Euler()``;
     ``brownian="virtual"`` is a ``VirtualBrownianTree``, reproducible and differentiable; ``"unsafe"``
-    an ``UnsafeBrownianPath``, reproducible, cheaper, and differentiable in forward mode only). Note: Euler–Heun, Heun and Midpoint converge to the Stratonovich SDE,
-    which differs here because Σ depends on θ; use SRA1/ShARK only when Σ is constant (additive noise).
+    an ``UnsafeBrownianPath``, reproducible, cheaper, and differentiable in forward mode only).
+    Note: Euler–Heun, Heun and Midpoint converge to the Stratonovich SDE, which differs here because
+    Σ depends on θ; use SRA1/ShARK only when Σ is constant (additive noise).
     Both methods are reproducible from ``key`` and differentiable.
 
     Example:
