@@ -1,6 +1,6 @@
 """Issue 2 benchmark: the autodiff Euler–Lagrange field against a hand-written equation of motion.
 
-The system is the modified flow of heavy-ball SGD (THEORY.md §1),
+The system is the modified flow of heavy-ball SGD,
 
     m q̈ + μ q̇ = −∇V(q),   m = η(1+β)/2,  μ = 1 − β,
 
@@ -8,7 +8,7 @@ on a cheap separable non-quadratic potential (Σ log cosh qᵢ by default, or a 
 gradient dominates the cost. Three fields are compared, all jit-compiled, in float64:
 
 * ``hand``:      a = (−∇V − μ v)/m, written by hand with ``jax.grad`` of the potential;
-* ``rule``:      ``nj.euler_lagrange(nj.rules.sgd(lr, momentum).lagrangian(loss))`` (Euclidean K,
+* ``rule``:      ``nj.euler_lagrange(nj.rules.sgd(lr=lr, momentum=momentum).lagrangian(loss))`` (Euclidean K,
                  closed-form mass solve; its potential is ``loss + (λ/2)|q|²`` with λ = 0);
 * ``euclid``:    ``nj.euler_lagrange(nj.Lagrangian(nj.kinetic.Euclidean(m), V, damping=μ/m))``;
 * ``general``:   the same Lagrangian with K given as a plain callable ½ m |v|² (``nj.kinetic.General``:
@@ -60,7 +60,7 @@ def make_loss(kind: str):
 
 
 def make_fields(loss):
-    rule = nj.rules.sgd(LR, MOMENTUM)
+    rule = nj.rules.sgd(lr=LR, momentum=MOMENTUM)
     m, mu = float(rule.mass), float(rule.friction)
     grad_loss = jax.grad(loss)
 

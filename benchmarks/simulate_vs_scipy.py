@@ -1,7 +1,6 @@
 """Issue 2 benchmark: ``nj.simulate`` (diffrax, jit) against ``scipy.integrate.solve_ivp`` on the same flow.
 
-The flow is the modified flow of heavy-ball SGD with coupled weight decay on logistic regression
-(THEORY.md §1):
+The flow is the modified flow of heavy-ball SGD with coupled weight decay on logistic regression:
 
     m q̈ + μ q̇ = −∇ℒ(q) − λq,   ℒ(q) = mean_i softplus(−yᵢ xᵢ·q),   m = η(1+β)/2,  μ = 1 − β,
 
@@ -65,7 +64,7 @@ def run_case(a, n: int) -> dict:
     def loss(q):
         return jnp.mean(jax.nn.softplus(-yj * (Xj @ q)))
 
-    rule = nj.rules.sgd(a.lr, a.momentum, a.weight_decay)
+    rule = nj.rules.sgd(lr=a.lr, momentum=a.momentum, weight_decay=a.weight_decay)
     lag = rule.lagrangian(loss)
     m, mu, lam = float(rule.mass), float(rule.friction), float(rule.weight_decay)
     q0j = jnp.asarray(q0)

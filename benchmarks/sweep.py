@@ -35,7 +35,8 @@ import jax.numpy as jnp
 import numpy as np
 
 import noether_jax as nj
-from noether_jax import _sweep, data, models
+from noether_jax import data, models
+from noether_jax.sweeps import _program
 
 LRS, MOMS, WDS = [0.01, 0.03, 0.1, 0.3], [0.0, 0.9], [0.0, 1e-4]
 
@@ -50,13 +51,13 @@ def bench_sweep(ds, configs, steps, save_every, width, batch, repeats=2):
     kw = dict(steps=steps, save_every=save_every, width=width, batch_size=batch, data=ds, progress=False,
               lr=0.1, momentum=0.0, weight_decay=0.0, seed=sorted({c["seed"] for c in configs}))
     t0 = time.perf_counter()
-    first = _sweep.sweep(grid=configs, **kw)
+    first = nj.sweep(grid=configs, **kw)
     wall_first = time.perf_counter() - t0
-    compiled = list(_sweep._COMPILED.values())[-1]
+    compiled = list(_program._COMPILED.values())[-1]
     mem = compiled.memory_analysis()
     runs = []
     for _ in range(repeats):  # warm calls: the compiled program is cached
-        again = _sweep.sweep(grid=configs, **kw)
+        again = nj.sweep(grid=configs, **kw)
         runs.append(again.attrs["run_time_s"])
     assert (first.status.values == 0).all(), first.status.values
     nbytes = None if mem is None else int(mem.argument_size_in_bytes + mem.output_size_in_bytes + mem.temp_size_in_bytes)
@@ -70,17 +71,17 @@ def bench_loop(ds, configs, steps, save_every, width, batch):
         if c["seed"] not in inits:
             inits[c["seed"]] = models.functional(models.make_model("mlp", key=c["seed"], width=width, in_shape=ds.x_train.shape[1:]))
     net, p0, s0 = inits[configs[0]["seed"]]
-    syms = _sweep._hand_symmetries("mlp", p0)
+    syms = nj.symmetry.detect(net, p0, (ds.x_train[:64], ds.y_train[:64]), state=s0).symmetries  # what the sweep uses
     rec = nj.Recorder(net, syms, ds.x_train, ds.y_train, batch_size=batch, steps=steps, save_every=save_every)
     c = configs[0]
     t0 = time.perf_counter()
-    jax.block_until_ready(rec.run(p0, s0, nj.Hyper(c["lr"], c["momentum"], c["weight_decay"]), _sweep.data_key(c["seed"])))
+    jax.block_until_ready(rec.run(p0, s0, nj.Hyper(c["lr"], c["momentum"], c["weight_decay"]), nj.sweeps.data_key(c["seed"])))
     first = time.perf_counter() - t0
     t0 = time.perf_counter()
     last = None
     for c in configs:
         _, p, s = inits[c["seed"]]
-        last = rec.run(p, s, nj.Hyper(c["lr"], c["momentum"], c["weight_decay"]), _sweep.data_key(c["seed"]))
+        last = rec.run(p, s, nj.Hyper(c["lr"], c["momentum"], c["weight_decay"]), nj.sweeps.data_key(c["seed"]))
         jax.block_until_ready(last)
     run = time.perf_counter() - t0
     per = run / len(configs)
@@ -151,21 +152,21 @@ def main():
         print(json.dumps(bench_torch(ds, configs[: a.torch_only], a.steps, a.save_every, a.width, a.batch, a.torch_threads)))
         return
     if a.sampler == "topk":
-        from noether_jax import _recorder  # noqa: F811
+        from noether_jax.training import _engine  # the engine's sampler
 
         def topk_sample(key, x, y, batch_size):  # a uniform random subset without replacement, no full sort
             idx = jax.lax.top_k(jax.random.uniform(key, (x.shape[0],)), batch_size)[1]
             return x[idx], y[idx]
 
-        _recorder.sample_batch = topk_sample
+        _engine.sample_batch = topk_sample
     if a.sampler == "choice":
-        from noether_jax import _recorder
+        from noether_jax.training import _engine
 
         def choice_sample(key, x, y, batch_size):  # the earlier sampler: a full sort of a permutation per step
             idx = jax.random.choice(key, x.shape[0], (batch_size,), replace=False)
             return x[idx], y[idx]
 
-        _recorder.sample_batch = choice_sample
+        _engine.sample_batch = choice_sample
     res = {"machine": f"{platform.machine()} {platform.processor()} ({jax.device_count()} CPU device, "
                       f"{len(__import__('os').sched_getaffinity(0))} cores)", "jax": jax.__version__, "dtype": "float32",
            "n": len(configs), "steps": a.steps, "sampler": a.sampler, "width": a.width, "batch": a.batch}

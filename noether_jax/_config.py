@@ -1,4 +1,9 @@
-"""Precision switch."""
+"""Process-wide switches: float64, and JAX's persistent compilation cache (both only when asked)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
 
 import jax
 
@@ -16,3 +21,52 @@ def enable_x64(enabled: bool = True) -> None:
         >>> nj.enable_x64(before)
     """
     jax.config.update("jax_enable_x64", bool(enabled))
+
+
+def default_cache_dir() -> Path:
+    """Where the compilation cache lives: ``$JAX_COMPILATION_CACHE_DIR`` if set, else
+    ``$XDG_CACHE_HOME/noether_jax`` (default ``~/.cache/noether_jax``)."""
+    env = os.environ.get("JAX_COMPILATION_CACHE_DIR")
+    if env:
+        return Path(env)
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "noether_jax"
+
+
+def compilation_cache(enabled: bool = True, *, path: str | os.PathLike | None = None,
+                      min_compile_time_s: float = 0.2) -> Path | None:
+    """Turn JAX's persistent compilation cache on (or off) for this process, and return its folder.
+
+    A program compiled once is then loaded from disk by every later process (a second identical
+    ``noether-jax sweep`` skips most of its XLA compile). The library never turns it on by itself;
+    the command line does, unless given ``--no-cache``. Clear it by deleting the folder.
+
+    Args:
+        enabled: False turns the cache off.
+        path: the folder; default :func:`default_cache_dir`.
+        min_compile_time_s: only programs that took at least this long to compile are stored.
+
+    Example:
+        >>> import jax, tempfile, noether_jax as nj
+        >>> before = jax.config.jax_compilation_cache_dir
+        >>> nj.compilation_cache(path=tempfile.mkdtemp()).is_dir()
+        True
+        >>> jax.config.update("jax_compilation_cache_dir", before)
+    """
+    if not enabled:
+        jax.config.update("jax_compilation_cache_dir", None)
+        try:
+            jax.config.update("jax_enable_compilation_cache", False)
+        except AttributeError:  # pragma: no cover - older jax
+            pass
+        return None
+    folder = Path(path) if path is not None else default_cache_dir()
+    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        jax.config.update("jax_enable_compilation_cache", True)
+    except AttributeError:  # pragma: no cover - older jax
+        pass
+    jax.config.update("jax_compilation_cache_dir", str(folder))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", float(min_compile_time_s))
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+    return folder

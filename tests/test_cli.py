@@ -8,7 +8,7 @@ import pytest
 import xarray as xr
 from typer.testing import CliRunner
 
-from noether_jax._cli import app
+from noether_jax.cli import app
 
 runner = CliRunner()
 

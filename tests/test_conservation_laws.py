@@ -34,7 +34,7 @@ import numpy as np
 import pytest
 from jax.flatten_util import ravel_pytree
 
-from noether_jax._conservation import ConservationCount, count_conservation_laws
+from noether_jax.symmetry import ConservationCount, count_conservation_laws
 
 
 def expected_linear(n: int, m: int, r: int) -> int:

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from noether_jax import data, models, symmetry
-from noether_jax import _detect
+from noether_jax.symmetry import _detect
 
 W = 4  # hidden width / first block's channels
 KEY = 2  # an init with no dead ReLU unit on the Gaussian batch (at width 4, key 0 has one)

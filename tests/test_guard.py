@@ -1,4 +1,4 @@
-"""The edge-of-stability guard (THEORY.md §1, "Where the continuous model holds").
+"""The edge-of-stability guard.
 
 Ground truths: λ_max of a quadratic built from a known spectrum, dense ``numpy.linalg.eigvalsh`` of
 the Hessian of a small network (fine at d ≈ 60, which is why the library never does it), and the
@@ -30,7 +30,7 @@ def quad(p):
 
 def _diverges(lr: float, beta: float, steps: int = 3000) -> bool:
     """Run optax heavy ball on the positive-definite quadratic and see whether the iterates blow up."""
-    opt = nj.rules.sgd(lr, beta).optimizer()
+    opt = nj.rules.sgd(lr=lr, momentum=beta).optimizer()
     p = jnp.asarray(_Q[:, 0] + 0.1 * _Q[:, 1])  # mostly along the top eigenvector
     s = opt.init(p)
 
@@ -76,7 +76,7 @@ def test_lambda_max_of_a_network_matches_dense_eigvalsh():
 def test_guard_flags_exactly_the_runs_that_leave_the_stable_region(beta):
     thr = 2.0 * (1.0 + beta)
     lrs = np.array([0.5, 0.8, 0.95, 0.99, 1.01, 1.05, 1.2]) * thr / 5.0  # straddle η·λ_max = 2(1+β)
-    guard = stability_guard(quad, jnp.zeros(D), jnp.asarray(lrs), momentum=beta, iters=40)
+    guard = stability_guard(quad, jnp.zeros(D), lr=jnp.asarray(lrs), momentum=beta, iters=40)
     flagged = np.asarray(guard.flagged)
     diverged = np.array([_diverges(float(lr), beta) for lr in lrs])
     np.testing.assert_array_equal(flagged, lrs * 5.0 > thr)  # against the analytic λ_max
@@ -94,7 +94,7 @@ def test_guard_along_a_path_flags_the_sharp_steps():
         return 0.5 * (1.0 + p[0] ** 2) * jnp.sum(p[1:] ** 2) + 0.5 * p[0] ** 2
 
     path = jnp.stack([jnp.array([a, 0.3, -0.2]) for a in np.linspace(0.0, 3.0, 13)])
-    g = stability_guard(loss, path, 0.5, along_path=True, iters=3)
+    g = stability_guard(loss, path, lr=0.5, along_path=True, iters=3)
     dense = np.array([np.linalg.eigvalsh(np.asarray(jax.hessian(loss)(p)))[-1] for p in path])
     np.testing.assert_allclose(np.asarray(g.lambda_max), dense, rtol=1e-8)
     np.testing.assert_array_equal(np.asarray(g.flagged), 0.5 * dense > 2.0)
@@ -102,7 +102,7 @@ def test_guard_along_a_path_flags_the_sharp_steps():
 
 
 def test_guard_runs_under_jit_and_vmap_without_recompiling():
-    f = jax.jit(lambda p, lr: stability_guard(quad, p, lr, iters=20).sharpness)
+    f = jax.jit(lambda p, lr: stability_guard(quad, p, lr=lr, iters=20).sharpness)
     a = f(jnp.zeros(D), 0.1)
     b = f(jnp.ones(D), 0.2)  # new values, same shapes: no retrace
     assert f._cache_size() == 1
@@ -161,9 +161,9 @@ def test_recorder_estimates_lambda_max_along_training_without_changing_it():
 
 
 def test_neural_mechanics_summary_carries_the_guard():
-    from noether_jax._neural_mechanics import NMConfig, neural_mechanics
+    from noether_jax.experiments import NMConfig, neural_mechanics
 
-    res = neural_mechanics(NMConfig(width=8, steps=40, save_every=10, lr=0.1), progress=False)
+    res = neural_mechanics(NMConfig(width=8, steps=40, save_every=10, lr=0.1))
     stab = res.summary["stability"]
     lam = np.asarray(res.record.lambda_max)
     assert len(stab["step"]) == lam.size >= 2 and np.all(np.isfinite(lam))
@@ -174,18 +174,16 @@ def test_neural_mechanics_summary_carries_the_guard():
 
 def test_summaries_and_reports_state_the_flag():
     """η·λ_max against 2(1+β) in a run's summary and its report sentence (λ_max values given, so exact)."""
-    import types
+    from noether_jax.report import stability_note
 
-    from noether_jax._neural_mechanics import NMConfig, stability
-    from noether_jax._report import stability_note
+    def stability(lr, momentum, *lams):
+        edge = nj.rules.sgd(lr=lr, momentum=momentum).edge()
+        return nj.training.StabilityGuard.from_edge(np.array(lams), edge, np.arange(len(lams)) * 10).summary()
 
-    def rec(*lams):
-        return types.SimpleNamespace(lambda_max=np.array(lams), sharpness_step=np.arange(len(lams)) * 10)
-
-    s = stability(NMConfig(lr=0.1), rec(10.0, 25.0, 15.0))  # η·λ = 1, 2.5, 1.5 against 2
+    s = stability(0.1, 0.0, 10.0, 25.0, 15.0)  # η·λ = 1, 2.5, 1.5 against 2
     assert s["flagged_steps"] == [10] and not s["valid"] and s["max_sharpness"] == pytest.approx(2.5)
     assert "EDGE OF STABILITY" in stability_note(s) and "[10]" in stability_note(s)
-    s = stability(NMConfig(lr=0.1, momentum=0.9), rec(10.0, 25.0, 15.0))  # against 2(1+β) = 3.8
+    s = stability(0.1, 0.9, 10.0, 25.0, 15.0)  # against 2(1+β) = 3.8
     assert s["valid"] and s["flagged_steps"] == [] and "applies" in stability_note(s)
-    s = stability(NMConfig(lr=0.1), rec(10.0, np.nan))
+    s = stability(0.1, 0.0, 10.0, np.nan)
     assert not s["valid"] and s["not_finite_steps"] == [10] and "not finite" in stability_note(s)

@@ -1,4 +1,4 @@
-"""The Lagrangian machinery against textbook mechanics (THEORY.md §1).
+"""The Lagrangian machinery against textbook mechanics.
 
 Every expected value here is independent of the code under test: hand-derived accelerations and
 closed-form solutions written out in numpy, or scipy's DOP853 on the textbook equations of motion.
@@ -14,7 +14,7 @@ import pytest
 from scipy.integrate import solve_ivp
 
 import noether_jax as nj
-import noether_jax._integrate as nj_integrate
+import noether_jax.mechanics._integrate as nj_integrate
 
 TIGHT = dict(rtol=1e-11, atol=1e-12, max_steps=200_000)
 

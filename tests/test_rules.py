@@ -1,4 +1,4 @@
-"""Learning rules against their ground truth: discrete optax runs (THEORY.md §0–1).
+"""Learning rules against their ground truth: discrete optax runs.
 
 The reference trajectory is always the discrete optimiser itself, stepped with optax in a jitted
 ``lax.scan`` (or, for the preconditioned rule, a hand-written numpy recursion). Continuous models are
@@ -312,10 +312,10 @@ def test_initial_velocity_with_a_state_that_has_no_trace():
     wd = 0.1
     state = optax.chain(optax.add_decayed_weights(wd), optax.sgd(0.1)).init(THETA0)
     g0 = grad_of(quadratic, THETA0)
-    v0 = nj.rules.sgd(0.1, weight_decay=wd).initial_velocity(THETA0, g0, state)
+    v0 = nj.rules.sgd(lr=0.1, weight_decay=wd).initial_velocity(THETA0, g0, state)
     np.testing.assert_allclose(np.asarray(v0), -(np.asarray(g0) + wd * np.asarray(THETA0)), rtol=1e-15)
     with pytest.raises(ValueError, match="trace"):
-        nj.rules.sgd(0.1, momentum=0.9).initial_velocity(THETA0, g0, state)
+        nj.rules.sgd(lr=0.1, momentum=0.9).initial_velocity(THETA0, g0, state)
 
 
 @pytest.mark.parametrize("beta, wd", [(0.0, 0.0), (0.0, 0.1), (0.9, 0.0), (0.5, 0.05)])
@@ -351,7 +351,7 @@ P_DIAG = jnp.asarray([0.5, 1.0, 2.0, 1.5, 3.0])
 @pytest.mark.parametrize("beta, wd", [(0.0, 0.0), (0.9, 0.05)])
 def test_preconditioned_optimizer_matches_numpy_recursion(beta, wd):
     eta = 0.05
-    rule = nj.rules.preconditioned(eta, P_DIAG, momentum=beta, weight_decay=wd)
+    rule = nj.rules.preconditioned(P_DIAG, lr=eta, momentum=beta, weight_decay=wd)
     opt = rule.optimizer()
     th, s = THETA0, opt.init(THETA0)
     th_np, v_np, p_np = np.asarray(THETA0).copy(), np.zeros(D), np.asarray(P_DIAG)
@@ -369,7 +369,7 @@ def test_preconditioned_optimizer_matches_numpy_recursion(beta, wd):
 def test_preconditioned_modified_flow_second_order(loss, wd):
     mf, gf, ml = [], [], []
     for eta in ETAS:
-        rule = nj.rules.preconditioned(eta, P_DIAG, momentum=0.0, weight_decay=wd)
+        rule = nj.rules.preconditioned(P_DIAG, lr=eta, momentum=0.0, weight_decay=wd)
         ref = discrete_at_ts(loss, rule, THETA0, eta)
         v0 = rule.initial_velocity(THETA0, grad_of(loss, THETA0))
         expected_v0 = -(np.asarray(grad_of(loss, THETA0)) + wd * np.asarray(THETA0)) / np.asarray(P_DIAG)
@@ -410,19 +410,19 @@ def test_invalid_hyperparameters_raise(factory, kwargs, name):
 
 def test_invalid_preconditioned_hyperparameters_raise():
     with pytest.raises(ValueError, match="lr"):
-        nj.rules.preconditioned(-1.0, P_DIAG)
+        nj.rules.preconditioned(P_DIAG, lr=-1.0)
     with pytest.raises(ValueError, match="momentum"):
-        nj.rules.preconditioned(0.1, P_DIAG, momentum=1.0)
+        nj.rules.preconditioned(P_DIAG, lr=0.1, momentum=1.0)
     with pytest.raises(ValueError, match="weight_decay"):
-        nj.rules.preconditioned(0.1, P_DIAG, weight_decay=-1.0)
+        nj.rules.preconditioned(P_DIAG, lr=0.1, weight_decay=-1.0)
     with pytest.raises(ValueError, match="positive"):
-        nj.rules.preconditioned(0.1, P_DIAG.at[2].set(0.0))
+        nj.rules.preconditioned(P_DIAG.at[2].set(0.0), lr=0.1)
 
 
 def test_boundary_hyperparameters_are_accepted():
     rule = nj.rules.sgd(lr=1e-3, momentum=0.0, weight_decay=0.0)
     assert float(rule.momentum) == 0.0 and float(rule.weight_decay) == 0.0
-    assert float(nj.rules.sgd(0.1, momentum=0.999).friction) == pytest.approx(1e-3)
+    assert float(nj.rules.sgd(lr=0.1, momentum=0.999).friction) == pytest.approx(1e-3)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -432,7 +432,7 @@ def test_boundary_hyperparameters_are_accepted():
 
 def test_vmap_builds_a_batch_of_rules_and_runs_them():
     lrs = jnp.array([0.1, 0.2])
-    rules = jax.vmap(lambda lr: nj.rules.sgd(lr, 0.9))(lrs)
+    rules = jax.vmap(lambda lr: nj.rules.sgd(lr=lr, momentum=0.9))(lrs)
     assert isinstance(rules, nj.LearningRule)
     np.testing.assert_allclose(np.asarray(rules.lr), np.asarray(lrs))
     np.testing.assert_allclose(np.asarray(rules.mass), np.asarray(lrs) * 1.9 / 2)
@@ -445,7 +445,7 @@ def test_vmap_builds_a_batch_of_rules_and_runs_them():
 
     batched = jax.vmap(run)(rules)
     for i, lr in enumerate([0.1, 0.2]):
-        single = run(nj.rules.sgd(lr, 0.9))
+        single = run(nj.rules.sgd(lr=lr, momentum=0.9))
         np.testing.assert_allclose(np.asarray(batched[i]), np.asarray(single), rtol=1e-13)
 
     # and the continuous models vmap over the same batch
@@ -456,7 +456,7 @@ def test_vmap_builds_a_batch_of_rules_and_runs_them():
     batched_flow = jax.vmap(flow_end)(rules)
     for i, lr in enumerate([0.1, 0.2]):
         np.testing.assert_allclose(
-            np.asarray(batched_flow[i]), np.asarray(flow_end(nj.rules.sgd(lr, 0.9))), rtol=1e-7, atol=1e-9
+            np.asarray(batched_flow[i]), np.asarray(flow_end(nj.rules.sgd(lr=lr, momentum=0.9))), rtol=1e-7, atol=1e-9
         )
 
 
@@ -473,8 +473,8 @@ def test_jit_of_a_function_taking_a_rule_does_not_recompile():
             theta = optax.apply_updates(theta, u)
         return theta, rule.mass, rule.damping
 
-    out1 = final_params(nj.rules.sgd(0.1, 0.9, 1e-3), THETA0)
-    out2 = final_params(nj.rules.sgd(0.05, 0.5, 0.0), THETA0)
+    out1 = final_params(nj.rules.sgd(lr=0.1, momentum=0.9, weight_decay=1e-3), THETA0)
+    out2 = final_params(nj.rules.sgd(lr=0.05, momentum=0.5, weight_decay=0.0), THETA0)
     assert len(traces) == 1
     for out, (lr, beta, wd) in ((out1, (0.1, 0.9, 1e-3)), (out2, (0.05, 0.5, 0.0))):
         th, b = np.asarray(THETA0).copy(), np.zeros(D)

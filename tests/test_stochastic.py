@@ -1,4 +1,4 @@
-"""SGD as an SDE (THEORY.md §1, §3): stationary covariance, weak error, no noise along a symmetry, Itô charge rates.
+"""SGD as an SDE: stationary covariance, weak error, no noise along a symmetry, Itô charge rates.
 
 Every statistical comparison states its confidence band: the Monte Carlo standard error (SE) is
 estimated from the ensemble itself and the tests require agreement within 4 SE (two-sided; a

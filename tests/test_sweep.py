@@ -25,11 +25,14 @@ import pytest
 import xarray as xr
 
 import noether_jax as nj
-from noether_jax import _sweep, data, models
+from _groups import mlp_groups
+from noether_jax import data, models, sweeps
+from noether_jax.cli import app as cli_app
+from noether_jax.sweeps import _program, _store
 
 ROOT = Path(__file__).resolve().parents[1]
 BASE = dict(lr=[0.05, 0.2], momentum=[0.0, 0.9], weight_decay=0.0, seed=2, steps=6, save_every=3, width=4,
-            batch_size=16, progress=False, symmetries=lambda net, params, state: _sweep._hand_symmetries("mlp", params))
+            batch_size=16, progress=False, symmetries=lambda net, params, state: mlp_groups("mlp", params))
 # fixed groups by construction: the tests do not depend on (nor recompile for) nj.symmetry.detect
 
 
@@ -40,7 +43,7 @@ def digits():
 
 @pytest.fixture(scope="module")
 def base(digits):
-    return _sweep.sweep(data=digits, **BASE)
+    return nj.sweep(data=digits, **BASE)
 
 
 def _same(a: xr.Dataset, b: xr.Dataset, *, exact: bool = True, rtol: float = 0.0) -> None:
@@ -65,9 +68,9 @@ def test_members_equal_their_own_recorder_run(base, digits):
         for mom in BASE["momentum"]:
             for seed in (0, 1):
                 net, params, state = models.functional(models.make_model("mlp", key=seed, width=4, in_shape=(8, 8, 1)))
-                syms = _sweep._hand_symmetries("mlp", params)  # what the sweep uses (BASE)
+                syms = mlp_groups("mlp", params)  # what the sweep uses (BASE)
                 rec = nj.Recorder(net, syms, digits.x_train, digits.y_train, batch_size=16, steps=6, save_every=3)
-                out = rec.run(params, state, nj.Hyper(lr, mom, 0.0), _sweep.data_key(seed))
+                out = rec.run(params, state, nj.Hyper(lr, mom, 0.0), sweeps.data_key(seed))
                 got = base.sel(lr=lr, momentum=mom, seed=seed).squeeze()
                 np.testing.assert_allclose(got.loss.values[1:], out.loss[1:], rtol=1e-12)
                 for k in syms:
@@ -80,8 +83,8 @@ def test_members_equal_their_own_recorder_run(base, digits):
 def test_a_diverging_member_is_flagged_and_spoils_nothing(base, digits):
     cfgs = [dict(lr=0.05, momentum=0.0, seed=0), dict(lr=1e6, momentum=0.9, seed=0), dict(lr=0.2, momentum=0.9, seed=1),
             dict(lr=0.05, momentum=0.9, seed=1)]
-    ds = _sweep.sweep(data=digits, **{**BASE, "lr": 0.1, "momentum": 0.0, "seed": [0, 1]}, grid=cfgs)
-    status = _sweep.status_names(ds).values.tolist()
+    ds = nj.sweep(data=digits, **{**BASE, "lr": 0.1, "momentum": 0.0, "seed": [0, 1]}, grid=cfgs)
+    status = nj.status_names(ds).values.tolist()
     assert status[0] == status[2] == status[3] == "ok" and status[1] in ("diverged", "nan")
     bad = ds.isel(member=1)
     assert int(bad.diverged_step) >= 0 and np.isnan(bad.final_loss) and np.isnan(bad.error_median_rescale)
@@ -101,20 +104,20 @@ def test_a_diverging_member_is_flagged_and_spoils_nothing(base, digits):
      ({"steps": 0}, "0"), ({"init_scale": 0.0}, "0.0"), ({"lr": float("nan")}, "nan")],
 )
 def test_invalid_values_are_refused_before_running(kw, named, digits, monkeypatch):
-    monkeypatch.setattr(_sweep, "_compiled", lambda *a, **k: pytest.fail("compiled"))
+    monkeypatch.setattr(nj.sweeps._sweep, "compiled", lambda *a, **k: pytest.fail("compiled"))
     with pytest.raises(ValueError, match="invalid") as err:
-        _sweep.sweep(data=digits, **{**BASE, **kw})
+        nj.sweep(data=digits, **{**BASE, **kw})
     assert named in str(err.value)
 
 
 def test_no_recompilation_across_chunks_and_calls(base, digits):
     events = []
     jax.monitoring.register_event_duration_secs_listener(lambda name, *a, **k: events.append(name))
-    n_cached = len(_sweep._COMPILED)
-    first = _sweep.sweep(data=digits, **BASE, chunk_size=3)  # 8 members: 3 chunks, the last padded
-    assert first.attrs["chunks_run"] == 3 and len(_sweep._COMPILED) == n_cached + 1
+    n_cached = len(_program._COMPILED)
+    first = nj.sweep(data=digits, **BASE, chunk_size=3)  # 8 members: 3 chunks, the last padded
+    assert first.attrs["chunks_run"] == 3 and len(_program._COMPILED) == n_cached + 1
     events.clear()
-    second = _sweep.sweep(data=digits, **BASE, chunk_size=3)
+    second = nj.sweep(data=digits, **BASE, chunk_size=3)
     assert second.attrs["compile_time_s"] == 0.0
     assert not [e for e in events if "backend_compile" in e or "compile_time" in e], events
     _same(first, second)
@@ -123,20 +126,20 @@ def test_no_recompilation_across_chunks_and_calls(base, digits):
 
 def test_batch_size_groups_equal_separate_sweeps(digits):
     kw = {**BASE, "momentum": 0.9, "lr": 0.1}
-    both = _sweep.sweep(data=digits, **{**kw, "batch_size": [16, 24]})
+    both = nj.sweep(data=digits, **{**kw, "batch_size": [16, 24]})
     assert both.attrs["batch_size_groups"] == 2
     for b in (16, 24):
-        alone = _sweep.sweep(data=digits, **{**kw, "batch_size": b})
+        alone = nj.sweep(data=digits, **{**kw, "batch_size": b})
         _same(both.sel(batch_size=[b]), alone, exact=False, rtol=1e-12)
 
 
 def test_store_refuses_another_sweep(tmp_path, digits):
     store = tmp_path / "store"
-    _sweep.sweep(data=digits, **{**BASE, "lr": 0.1, "momentum": 0.0}, store=store)
-    again = _sweep.sweep(data=digits, **{**BASE, "lr": 0.1, "momentum": 0.0}, store=store)
+    nj.sweep(data=digits, **{**BASE, "lr": 0.1, "momentum": 0.0}, store=store)
+    again = nj.sweep(data=digits, **{**BASE, "lr": 0.1, "momentum": 0.0}, store=store)
     assert again.attrs["chunks_loaded"] == 1 and again.attrs["chunks_run"] == 0
     with pytest.raises(ValueError, match="different sweep.*steps"):
-        _sweep.sweep(data=digits, **{**BASE, "lr": 0.1, "momentum": 0.0, "steps": 3}, store=store)
+        nj.sweep(data=digits, **{**BASE, "lr": 0.1, "momentum": 0.0, "steps": 3}, store=store)
 
 
 def _script(body: str) -> str:
@@ -146,9 +149,12 @@ def _script(body: str) -> str:
         import jax
         jax.config.update("jax_enable_x64", True)
         import numpy as np
-        from noether_jax import _sweep, data
+        sys.path.insert(0, "tests")
+        import noether_jax as nj
+        from _groups import mlp_groups
+        from noether_jax import data
         BASE = dict(lr=[0.05, 0.2], momentum=[0.0, 0.9], weight_decay=0.0, seed=2, steps=6, save_every=3, width=4,
-                    batch_size=16, progress=False, symmetries=lambda n, p, s: _sweep._hand_symmetries("mlp", p))
+                    batch_size=16, progress=False, symmetries=lambda n, p, s: mlp_groups("mlp", p))
         """
     ) + textwrap.dedent(body)
 
@@ -157,7 +163,7 @@ def test_sigkill_mid_sweep_then_resume_is_bit_for_bit(tmp_path, digits):
     store = tmp_path / "store"
     script = tmp_path / "run.py"
     script.write_text(_script(f"""
-        _sweep.sweep(data=data.digits(), **BASE, chunk_size=2, store={str(store)!r}, on_chunk=lambda d, t: time.sleep(1.0))
+        nj.sweep(data=data.digits(), **BASE, chunk_size=2, store={str(store)!r}, on_chunk=lambda d, t: time.sleep(1.0))
         print("FINISHED")
     """))
     proc = subprocess.Popen([sys.executable, str(script)], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
@@ -173,13 +179,13 @@ def test_sigkill_mid_sweep_then_resume_is_bit_for_bit(tmp_path, digits):
     stamps = {p.name: p.stat().st_mtime_ns for p in written}
     (store / ".chunk-g00-00003.nc.tmp-1").write_bytes(b"half a file")  # as if killed inside a write
 
-    resumed = _sweep.sweep(data=digits, **BASE, chunk_size=2, store=store)
+    resumed = nj.sweep(data=digits, **BASE, chunk_size=2, store=store)
     assert resumed.attrs["chunks_loaded"] == len(written) and resumed.attrs["chunks_run"] == 4 - len(written)
     assert not list(store.glob(".*tmp*"))
     assert {p.name: p.stat().st_mtime_ns for p in written} == stamps  # loaded, not re-run
-    members = np.concatenate([_sweep._read_chunk(p)[0] for p in sorted(store.glob("chunk-*.nc"))])
+    members = np.concatenate([_store._read(p.read_bytes())[0] for p in sorted(store.glob("chunk-*.nc"))])
     assert sorted(members.tolist()) == list(range(8))  # nothing lost, nothing duplicated
-    uninterrupted = _sweep.sweep(data=digits, **BASE, chunk_size=2)
+    uninterrupted = nj.sweep(data=digits, **BASE, chunk_size=2)
     _same(resumed, uninterrupted)
     assert json.loads((store / "manifest.json").read_text())["config_hash"] == resumed.attrs["config_hash"]
 
@@ -190,10 +196,10 @@ def test_four_host_devices_equal_one(tmp_path):
     script.write_text(_script(f"""
         assert len(jax.devices()) == 4, jax.devices()
         ds = data.digits()
-        one = _sweep.sweep(data=ds, **BASE, chunk_size=1, devices=jax.devices()[:1])
-        four = _sweep.sweep(data=ds, **BASE, chunk_size=3)   # rounded up to 4: one member per device
+        one = nj.sweep(data=ds, **BASE, chunk_size=1, devices=jax.devices()[:1])
+        four = nj.sweep(data=ds, **BASE, chunk_size=3)   # rounded up to 4: one member per device
         assert four.attrs["n_devices"] == 4 and four.attrs["chunks_run"] == 2
-        wide = _sweep.sweep(data=ds, **BASE)                 # one chunk of 8: two members per device
+        wide = nj.sweep(data=ds, **BASE)                 # one chunk of 8: two members per device
         for name, d in (("1", one), ("4", four), ("w", wide)):
             d.to_netcdf({str(out)!r} + name + ".nc", engine="scipy")
     """))
@@ -206,13 +212,10 @@ def test_four_host_devices_equal_one(tmp_path):
 
 
 def test_command_writes_store_summary_and_heat_maps(tmp_path):
-    import typer
     from typer.testing import CliRunner
 
-    app = typer.Typer()
-    app.command("sweep")(_sweep.sweep_command)
-    app.command("noop")(lambda: None)
-    args = ["sweep", "--lr", "0.05,0.2", "--momentum", "0,0.9", "--weight-decay", "0", "--seeds", "2", "--steps", "6",
+    app = cli_app
+    args = ["--no-cache", "sweep", "--lr", "0.05,0.2", "--momentum", "0,0.9", "--weight-decay", "0", "--seeds", "2", "--steps", "6",
             "--save-every", "3", "--width", "4", "--batch-size", "16", "--out", str(tmp_path), "--no-progress"]
     res = CliRunner().invoke(app, args)
     assert res.exit_code == 0, res.output
@@ -220,5 +223,5 @@ def test_command_writes_store_summary_and_heat_maps(tmp_path):
     assert summ["n_members"] == 8 and summ["status"]["ok"] == 8
     assert (tmp_path / "heatmap_final_loss.png").stat().st_size > 1000
     assert (tmp_path / "heatmap_error_median_rescale.png").exists() and list((tmp_path / "store").glob("chunk-*.nc"))
-    bad = CliRunner().invoke(app, [*args[:2], "0.05,-1", *args[3:]])
+    bad = CliRunner().invoke(app, [*args[:3], "0.05,-1", *args[4:]])
     assert bad.exit_code == 2 and "-1.0" in bad.output

@@ -1,4 +1,4 @@
-"""The closed-form theory of broken conservation laws (THEORY.md §3–4) against independent ground truth.
+"""The closed-form theory of broken conservation laws against independent ground truth.
 
 * exact discrete identities: group quantities measured on a real optax SGD run (float64);
 * continuous first-order laws: the same measured run at shrinking η, fitted order;
@@ -138,9 +138,9 @@ def test_discrete_identities_hold_on_a_real_sgd_run():
 
     # one-step functions
     one = {
-        "scale": theory.sgd_scale_step(qs["scale"][:-1], fs["scale"], lr, wd),
-        "rescale": theory.sgd_rescale_step(qs["rescale"][:-1], fs["rescale"], lr, wd),
-        "translation": theory.sgd_translation_step(qs["translation"][:-1], lr, wd),
+        "scale": theory.sgd_scale_step(qs["scale"][:-1], fs["scale"], lr=lr, weight_decay=wd),
+        "rescale": theory.sgd_rescale_step(qs["rescale"][:-1], fs["rescale"], lr=lr, weight_decay=wd),
+        "translation": theory.sgd_translation_step(qs["translation"][:-1], lr=lr, weight_decay=wd),
     }
     errs = {}
     for k in one:
@@ -149,9 +149,9 @@ def test_discrete_identities_hold_on_a_real_sgd_run():
         assert max_rel(qs[k][:-1], qs[k][1:], norms[k][1:]) > 1e-4
     # the scan helper over the whole recorded sequence, from X₀ only
     scan = {
-        "scale": theory.predict_sgd_identity("scale", qs["scale"][0], fs["scale"], lr, wd),
-        "rescale": theory.predict_sgd_identity("rescale", qs["rescale"][0], fs["rescale"], lr, wd),
-        "translation": theory.predict_sgd_identity("translation", qs["translation"][0], None, lr, wd, num_steps=n),
+        "scale": theory.predict_sgd_identity("scale", qs["scale"][0], fs["scale"], lr=lr, weight_decay=wd),
+        "rescale": theory.predict_sgd_identity("rescale", qs["rescale"][0], fs["rescale"], lr=lr, weight_decay=wd),
+        "translation": theory.predict_sgd_identity("translation", qs["translation"][0], None, lr=lr, weight_decay=wd, num_steps=n),
     }
     for k in scan:
         errs[k + "_scan"] = max_rel(scan[k], qs[k], norms[k])
@@ -177,9 +177,7 @@ def test_continuous_laws_converge_to_the_discrete_run_as_lr_shrinks():
             scale = float(jnp.max(jnp.abs(qs[k])))
             conserved[k].append(float(jnp.max(jnp.abs(qs[k] - qs[k][0]))) / scale)
             for reg in (False, True):
-                pred = theory.predict_sgd(
-                    k, qs[k][0], fs.get(k), lr, wd, regularised_hessian=reg, num_steps=None if k != "translation" else n
-                )
+                pred = theory.predict_sgd(k, qs[k][0], fs.get(k), lr=lr, weight_decay=wd, regularised_hessian=reg, num_steps=None if k != "translation" else n)
                 errs[(k, reg)].append(float(jnp.max(jnp.abs(pred - qs[k]))) / scale)
     print()
     for (k, reg), e in errs.items():
@@ -244,7 +242,7 @@ def test_oscillator_unforced_part_is_exact_in_every_regime():
         idx = np.round(t_cmp / dt).astype(int)
         err = np.max(np.abs(pred[idx] - ref))
         assert err <= 1e-9, (dt, err)
-    # the closed-form h(t) and G(t) of the THEORY table
+    # the closed-form h(t) and G(t)
     h = np.stack([np.asarray(theory.homogeneous_solution(t_cmp, g, w2)) for g, w2 in zip(GAMMA, OMEGA2)], -1)
     green = np.stack([np.asarray(theory.green_kernel(t_cmp, g, w2)) for g, w2 in zip(GAMMA, OMEGA2)], -1)
     np.testing.assert_allclose(h, scipy_solution(t_cmp, 1.0, 0.0, gain=0.0), rtol=0, atol=1e-9)
@@ -323,9 +321,9 @@ def test_float32_accumulators_stay_finite_for_a_million_steps_where_the_naive_on
     f32 = jnp.asarray(f64, dtype=jnp.float32)
     x0 = jnp.asarray(rng.uniform(0.5, 2.0, size=g))
 
-    osc = theory.heavy_ball_law("scale", LR, BETA, WD)
-    nld = theory.nld_r4_law(LR, BETA, WD)
-    sgd = theory.sgd_law("scale", LR, WD)
+    osc = theory.heavy_ball_law("scale", lr=LR, momentum=BETA, weight_decay=WD)
+    nld = theory.nld_r4_law(lr=LR, momentum=BETA, weight_decay=WD)
+    sgd = theory.sgd_law("scale", lr=LR, weight_decay=WD)
     run = jax.jit(lambda law, x0, f: law.predict(x0, f))
     out = {}
     for name, law in (("oscillator", osc), ("nld_r4", nld), ("sgd_scale", sgd)):
@@ -339,7 +337,7 @@ def test_float32_accumulators_stay_finite_for_a_million_steps_where_the_naive_on
         out[name] = (float(p32[-1, 0]), rel, dt32)
         assert rel < 1e-3, (name, rel)
 
-    gamma, omega2, _ = (float(v) for v in theory.heavy_ball_constants("scale", LR, BETA, WD))
+    gamma, omega2, _ = (float(v) for v in theory.heavy_ball_constants("scale", lr=LR, momentum=BETA, weight_decay=WD))
     naive = np.asarray(naive_overdamped_accumulator(np.float32(x0[0]), f32[:5000, 0], gamma, omega2, LR))
     bad = np.flatnonzero(~np.isfinite(naive))
     # e^{(γ+κ)t} passes float32's max (e^{88.72}) at step ≈ 88.72/((γ+κ)Δt) ≈ 843
@@ -387,7 +385,7 @@ def test_nld_eq17_predicts_the_norm_of_a_normalised_layer(lr, beta, k, r0):
     (th_last, _), (r2, ghat2) = jax.jit(lambda th: jax.lax.scan(step, (th, opt.init(th)), None, length=n))(theta0)
     r2 = jnp.concatenate([r2, (th_last @ th_last)[None]])
     assert float(jnp.max(jnp.abs(r2 - r2[0]))) > 1e-3 * float(r2[0])  # the norm does move
-    r4 = theory.predict_nld_r4(r2[0] ** 2, ghat2, lr, beta, k)
+    r4 = theory.predict_nld_r4(r2[0] ** 2, ghat2, lr=lr, momentum=beta, weight_decay=k)
     rel = float(jnp.max(jnp.abs(jnp.sqrt(r4) - r2) / r2))
     moved = float(jnp.max(jnp.abs(r2 - r2[0]) / r2))
     print(f"\n  (η, β, k) = ({lr}, {beta}, {k}): max rel err in r² {rel:.2e} (r² moved by {moved:.2e})")

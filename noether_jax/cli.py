@@ -1,0 +1,310 @@
+"""The ``noether-jax`` command line (application tier).
+
+One convention for every command: exit 0 when the work is done; 2 for bad input (a one-line message
+naming the option, before any work); 1 when a single run (``demo``, ``neural-mechanics``, ``nld``)
+diverged (its outputs are still written). ``sweep`` and ``reproduce`` exit 0 once their outputs are
+written: their members' flags and verdicts are in the outputs. No command shows a raw traceback.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="Learning dynamics as Lagrangian mechanics.")
+
+Out = Annotated[Path, typer.Option(help="output folder (checked before any work)")]
+
+
+def _opt(help_: str, *names: str):
+    return typer.Option(*names, help=help_)
+
+
+class BadInput(Exception):
+    """Raised for input errors: printed as one line, exit code 2."""
+
+
+def _fail(msg: str, code: int) -> None:
+    typer.echo(f"error: {msg}", err=True)
+    raise typer.Exit(code)
+
+
+def guarded(fn: Callable) -> Callable:
+    """Every command's one exit convention: BadInput → exit 2 with one line; any other failure → exit 1 with
+    one line (``NOETHER_JAX_DEBUG=1`` shows the traceback); never a raw traceback."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except BadInput as e:
+            _fail(str(e), 2)
+        except (typer.Exit, typer.Abort, KeyboardInterrupt):
+            raise
+        except Exception as e:  # noqa: BLE001 - the last line of defence for a command-line user
+            if os.environ.get("NOETHER_JAX_DEBUG"):
+                traceback.print_exc()
+            typer.echo(f"error: {type(e).__name__}: {e}", err=True)
+            typer.echo("(set NOETHER_JAX_DEBUG=1 to see the traceback)", err=True)
+            raise typer.Exit(1) from None
+
+    return wrapper
+
+
+def _out_dir(out: Path) -> Path:
+    from ._io import check_out_dir
+
+    try:
+        return check_out_dir(out, "--out")
+    except ValueError as e:
+        raise BadInput(str(e)) from None
+
+
+@app.callback()
+def _main(
+    x64: Annotated[bool, _opt("run in float64 (the default); --no-x64 for float32")] = True,
+    cache: Annotated[bool, _opt("use JAX's persistent compilation cache in ~/.cache/noether_jax (or "
+                                "$JAX_COMPILATION_CACHE_DIR); --no-cache turns it off")] = True,
+) -> None:
+    import matplotlib
+
+    from ._config import compilation_cache, enable_x64
+
+    matplotlib.use("Agg")  # files only: the command line never opens a window (the library leaves the backend alone)
+    enable_x64(x64)
+    if cache:
+        try:
+            compilation_cache()
+        except OSError as e:  # an unwritable cache folder must not stop the work
+            typer.echo(f"note: compilation cache off ({e})", err=True)
+
+
+@app.command()
+@guarded
+def demo(
+    lr: Annotated[float, _opt("learning rate η (> 0)")] = 0.05,
+    momentum: Annotated[float, _opt("heavy-ball momentum β in [0, 1)")] = 0.0,
+    weight_decay: Annotated[float, _opt("coupled weight decay λ (≥ 0)")] = 0.0,
+    time: Annotated[float, _opt("horizon in continuous time t = n·η")] = 20.0,
+    out: Out = Path("runs/demo"),
+) -> None:
+    """A discrete optax run against its modified flow and its gradient flow (CPU, seconds)."""
+    from . import plots
+    from ._io import write_json
+    from .experiments import format_table, run_demo
+    from .rules import Hyper
+
+    try:
+        Hyper(lr, momentum, weight_decay)
+    except ValueError as e:
+        raise BadInput(str(e)) from None
+    out = _out_dir(out)
+    result = run_demo(lr=lr, momentum=momentum, weight_decay=weight_decay, time=time)
+    typer.echo(format_table(result.table))
+    plots.write_figure(plots.plot_demo(result), out / "demo.png")
+    write_json(result.to_dict(), out / "summary.json")
+    typer.echo(f"\nwrote {out / 'demo.png'} and {out / 'summary.json'}")
+    _single_run_verdict(result.guard.summary(), out)
+
+
+def _single_run_verdict(stab: dict, out: Path) -> None:
+    """One line on the guard; exit 1 when the run diverged (its outputs are written)."""
+    if stab.get("diverged"):
+        _fail(f"the run diverged at step {stab.get('diverged_step')}; outputs written to {out}", 1)
+    if stab.get("checked"):
+        if stab.get("valid"):
+            verdict = "valid: the continuous model applies"
+        elif stab.get("not_finite"):
+            verdict = f"λ_max not finite at steps {stab.get('not_finite_steps')}: the continuous model cannot be checked"
+        else:
+            verdict = f"EDGE OF STABILITY at steps {stab.get('flagged_steps')}: no continuous model applies"
+        sharp = stab.get("max_sharpness")
+        typer.echo(f"guard: max η·λ_max {float('nan') if sharp is None else sharp:.3g} vs {stab.get('threshold_label')} = "
+                   f"{stab.get('threshold') or float('nan'):.3g}: {verdict}")
+
+
+@app.command("neural-mechanics")
+@guarded
+def neural_mechanics_cmd(
+    model: Annotated[str, _opt("mlp, mlp_tanh, mlp_layernorm, cnn_bn, vgg, vgg_bn, or module.path:callable "
+                               "(a function nnx.Rngs -> nnx.Module)")] = "mlp",
+    lr: Annotated[float, _opt("learning rate η (> 0)")] = 0.1,
+    momentum: Annotated[float, _opt("heavy-ball momentum β in [0, 1)")] = 0.0,
+    weight_decay: Annotated[float, _opt("coupled weight decay λ (≥ 0)")] = 1e-4,
+    batch_size: Annotated[int, _opt("mini-batch size S (1 … training-set size)")] = 128,
+    steps: Annotated[int, _opt("number of SGD steps (> 0)")] = 2000,
+    seed: Annotated[int, _opt("PRNG seed (initialisation and mini-batches)")] = 0,
+    width: Annotated[int, _opt("hidden width (MLP) or first-block channels (CNN)")] = 32,
+    save_every: Annotated[int, _opt("record every this many steps")] = 10,
+    data: Annotated[str, _opt("digits, teacher_student, or a file: .npz with x_train, y_train, x_test, y_test, "
+                              "or .csv with the label last")] = "digits",
+    out: Out = Path("runs/neural_mechanics"),
+) -> None:
+    """Train a model, record every symmetric group, and score the theory of broken conservation laws."""
+    from ._io import write_json
+    from .experiments import NMConfig, neural_mechanics
+    from .report import nm_outputs
+
+    try:
+        cfg = NMConfig(model=model, lr=lr, momentum=momentum, weight_decay=weight_decay, batch_size=batch_size,
+                       steps=steps, seed=seed, width=width, save_every=save_every, data=data).validate()
+    except (ValueError, TypeError) as e:
+        raise BadInput(str(e)) from None
+    out = _out_dir(out)
+    typer.echo(f"training {cfg.model} for {cfg.steps} steps (one compiled scan) ...", err=True)
+    result = neural_mechanics(cfg)
+    summary, _ = nm_outputs(result, out)
+    write_json(summary, out / "summary.json")
+    for kind, e in summary.get("symmetries", {}).items():
+        if "median_rel_error" in e:
+            typer.echo(f"{kind:12s} {e['n_groups']:5d} groups   median rel. error {e['median_rel_error']:.2e}   "
+                       f"max {e['max_rel_error']:.2e}")
+    if summary.get("final_test_accuracy") is not None:
+        typer.echo(f"test accuracy {summary['final_test_accuracy']:.3f}")
+    typer.echo(f"wrote {out}/summary.json, figures and series")
+    _single_run_verdict(summary.get("stability") or {}, out)
+
+
+@app.command()
+@guarded
+def reproduce(
+    out: Annotated[Path, _opt("output folder for report.html and summary.json (checked before any work)")] = Path("runs/reproduce"),
+    quick: Annotated[bool, _opt("--quick: CPU, minutes (default); --full: paper scale, for a GPU", "--quick/--full")] = True,
+) -> None:
+    """The main job: run the default suite and write one self-contained report.html and summary.json."""
+    from .report import reproduce as run
+
+    out = _out_dir(out)
+    summary = run(out, quick=quick)
+    typer.echo(f"wrote {out / 'report.html'} and {out / 'summary.json'} in {summary['elapsed_s']:.0f} s")
+
+
+def _floats(text: str, name: str) -> list[float]:
+    try:
+        return [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise BadInput(f"`--{name}` must be a comma-separated list of numbers, got {text!r}.") from None
+
+
+def _ints(text: str, name: str) -> list[int]:
+    try:
+        return [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise BadInput(f"`--{name}` must be a comma-separated list of integers, got {text!r}.") from None
+
+
+@app.command()
+@guarded
+def sweep(
+    lr: Annotated[str, _opt("learning rates η > 0, comma-separated, e.g. 0.01,0.03,0.1")] = "0.01,0.03,0.1",
+    momentum: Annotated[str, _opt("momenta β in [0, 1), comma-separated")] = "0",
+    weight_decay: Annotated[str, _opt("coupled weight decays λ ≥ 0, comma-separated")] = "0",
+    batch_size: Annotated[str, _opt("mini-batch sizes, comma-separated (one compile per size)")] = "128",
+    seeds: Annotated[int, _opt("number of seeds (0 .. n-1)")] = 2,
+    init_scale: Annotated[str, _opt("initialisation scales (multiply all initial parameters), comma-separated")] = "1",
+    steps: Annotated[int, _opt("training steps per member")] = 200,
+    save_every: Annotated[int, _opt("save interval (divides --steps)")] = 10,
+    model: Annotated[str, _opt("model name (mlp, mlp_tanh, mlp_layernorm, cnn_bn, vgg, vgg_bn) or module.path:callable")] = "mlp",
+    width: Annotated[int, _opt("hidden width (MLP) or first channels (CNN)")] = 32,
+    chunk_size: Annotated[int, _opt("members per compiled call (0: all at once)")] = 0,
+    data: Annotated[str, _opt("digits, teacher_student, or a .npz/.csv file")] = "digits",
+    out: Out = Path("runs/sweep"),
+    progress: Annotated[bool, _opt("progress bar over compilation and chunks")] = True,
+) -> None:
+    """Sweep a grid; resumable (run it again with the same options to finish a killed sweep)."""
+    from . import plots
+    from ._io import atomic_write, write_json
+    from .experiments import load_data
+    from .sweeps import sweep as run_sweep
+    from .sweeps import sweep_summary
+
+    grid = dict(lr=_floats(lr, "lr"), momentum=_floats(momentum, "momentum"), weight_decay=_floats(weight_decay, "weight-decay"),
+                batch_size=_ints(batch_size, "batch-size"), init_scale=_floats(init_scale, "init-scale"))
+    try:
+        ds_data = load_data(data)
+        model_arg = model
+        if ":" in model:
+            from .experiments._user import load_factory
+
+            model_arg = load_factory(model)
+    except ValueError as e:
+        raise BadInput(str(e)) from None
+    out = _out_dir(out)
+    try:
+        ds = run_sweep(model_arg, seed=seeds, steps=steps, save_every=save_every, width=width, data=ds_data,
+                       chunk_size=chunk_size or None, store=out / "store", progress=progress, **grid)
+    except (ValueError, TypeError) as e:
+        raise BadInput(str(e)) from None
+    atomic_write(out / "sweep.nc", bytes(ds.to_netcdf(None, engine="scipy")))
+    summ = sweep_summary(ds)
+    figs = plots.sweep_figures(ds, out)
+    summ["figures"] = [p.name for p in figs]
+    write_json(summ, out / "summary.json")
+    typer.echo(f"{summ['n_members']} members: {summ['status']}; compile {ds.attrs['compile_time_s']:.1f} s, "
+               f"run {ds.attrs['run_time_s']:.1f} s ({ds.attrs['chunks_run']} chunks run, {ds.attrs['chunks_loaded']} loaded)")
+    typer.echo(f"wrote {out / 'sweep.nc'}, {out / 'summary.json'} and {len(figs)} heat maps in {out}")
+
+
+@app.command()
+@guarded
+def nld(
+    model: Annotated[str, _opt("cnn_bn, vgg_bn or mlp_layernorm (a model with scale-invariant groups)")] = "cnn_bn",
+    lr: Annotated[float, _opt("learning rate η (> 0)")] = 0.1,
+    momentum: Annotated[float, _opt("heavy-ball momentum β in [0, 1)")] = 0.0,
+    weight_decay: Annotated[float, _opt("coupled weight decay λ (≥ 0)")] = 5e-4,
+    steps: Annotated[int, _opt("SGD steps (> 0); default 500 quick, 2000 full")] = 0,
+    batch_size: Annotated[int, _opt("mini-batch size")] = 64,
+    seed: Annotated[int, _opt("PRNG seed")] = 0,
+    width: Annotated[int, _opt("first-block channels; default 4 quick, 16 full")] = 0,
+    quick: Annotated[bool, _opt("--quick: CPU sizes, about a minute (default); --full: paper-like lengths",
+                                "--quick/--full")] = True,
+    detect: Annotated[bool, _opt("find the groups with nj.symmetry.detect (else by architecture; cnn_bn/vgg_bn only)")] = True,
+    out: Out = Path("runs/nld"),
+) -> None:
+    """Noether's Learning Dynamics on digits: eq. 17, SGD vs its mapped RMSProp, the paper's ablations
+    and kinetic symmetry breaking; writes summary.json, PNG figures and nld_data.npz."""
+    from .experiments import NLDConfig, run_nld
+    from .report import nld_outputs
+    from .rules import Hyper
+
+    try:
+        Hyper(lr, momentum, weight_decay)
+        cfg = NLDConfig(model=model, lr=lr, momentum=momentum, weight_decay=weight_decay, steps=steps or None,
+                        batch_size=batch_size, seed=seed, width=width or None, quick=quick, detect=detect)
+        from .models import MODELS
+
+        if model not in MODELS:
+            raise ValueError(f"unknown model {model!r}; choose cnn_bn, vgg_bn or mlp_layernorm (option --model).")
+    except (ValueError, TypeError) as e:
+        raise BadInput(str(e)) from None
+    out = _out_dir(out)
+    try:
+        result = run_nld(cfg)
+    except ValueError as e:
+        raise BadInput(str(e)) from None
+    s = nld_outputs(result, out)
+    e, r, a = s["eq17"], s["rmsprop_match"], s["ablation"]
+    typer.echo(f"eq. 17: {e['n_groups']} groups, median rel. error {e['median_rel_error']:.2e}, max {e['max_rel_error']:.2e}"
+               f" (velocity-forced: median {e['velocity_forced_median_rel_error']:.2e})")
+    typer.echo(f"RMSProp map: max angle {r['max_angle_deg']:.2f}° (control {r['control_max_angle_deg']:.2f}°), "
+               f"final loss gap {r['final_loss_rel_gap']:.2%}, lr_eff error {r['lr_eff_max_rel_error']:.2%}")
+    typer.echo(f"ablation (β=0.9, λ>0): unconstrained {a['unconstrained_final_loss']:.4f} vs constrained "
+               f"{a['constrained_final_loss']:.4f}")
+    typer.echo(f"wrote {out}/summary.json, figures and nld_data.npz")
+    if int(result.comparison.track.diverged_step[0]) >= 0:
+        _fail(f"the SGD run diverged at step {int(result.comparison.track.diverged_step[0])}; outputs written to {out}", 1)
+
+
+def main() -> None:
+    """The console-script entry point."""
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,381 @@
+"""Hyperparameter sweeps: a grid of Recorders as one sharded, chunked, resumable compiled program (private)."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+from jaxtyping import PyTree
+
+from .. import _validate
+from ..data import Dataset
+from ..rules import check_optimizer, sweepable
+from ..symmetry import MaskedSymmetry
+from ..training import STATUS, Recorder
+from . import _grid
+from ._grid import HYPERS
+from ._init import default_symmetries, init_models
+from ._program import compiled, gather, put
+from ._store import Store, config_hash, fingerprint
+
+if TYPE_CHECKING:  # xarray is imported when a sweep runs, not with the library
+    import xarray as xr
+
+
+def sweep(
+    model: Any = "mlp",
+    *,
+    lr: float | Sequence[float],
+    momentum: float | Sequence[float] = 0.0,
+    weight_decay: float | Sequence[float] = 0.0,
+    batch_size: int | Sequence[int] = 128,
+    seed: int | Sequence[int] = 1,
+    init_scale: float | Sequence[float] = 1.0,
+    steps: int = 100,
+    save_every: int = 10,
+    data: Dataset | None = None,
+    width: int = 32,
+    grid: bool | Sequence[Mapping[str, Any]] = True,
+    chunk_size: int | None = None,
+    store: str | os.PathLike | None = None,
+    devices: Sequence[jax.Device] | None = None,
+    progress: bool = True,
+    symmetries: Mapping[str, MaskedSymmetry | tuple[MaskedSymmetry, ...]] | Callable[..., Mapping] | None = None,
+    optimizer: Any = None,
+    init_scale_on: str = "all",
+    floor: float = 1e-3,
+    on_chunk: Callable[[int, int], None] | None = None,
+) -> xr.Dataset:
+    """Train and record a whole grid of configurations as one compiled, sharded program.
+
+    Every member runs :meth:`noether_jax.Recorder.run` (real optax training on PRNG mini-batches,
+    every group's conservation law measured next to the rule's theory and its exact discrete
+    identity) from the model initialised with its seed.
+
+    Args:
+        model: a name in :data:`noether_jax.models.MODELS` (built with ``width`` for each seed by
+            ``make_model(name, key=seed)``), a factory ``rngs -> nnx.Module`` (called with
+            ``nnx.Rngs(seed)`` for each seed: any user model), or ``(net, init)`` with
+            ``init(seed) -> (params, state)``.
+        lr, momentum, weight_decay, batch_size, init_scale: one value or a list of values each.
+        seed: a list of seeds, or an int ``n`` for the seeds ``0 .. n-1``. A member with seed ``s``
+            is initialised from ``s`` and draws its mini-batches from :func:`data_key` ``(s)``.
+        init_scale: multiplies the initial parameters: all of them (``init_scale_on="all"``, the
+            default), or only the entries of the scale groups (``init_scale_on="scale"``, the
+            normalised filters of NLD Fig. 1b).
+        steps, save_every: training steps and the save interval (``steps // save_every + 1`` points).
+        data: a :class:`noether_jax.data.Dataset`; default scikit-learn digits.
+        grid: ``True`` for the cartesian product of the value lists (one dimension per
+            hyperparameter), or a list of dicts, one configuration each (one ``member`` dimension;
+            keys not given take the argument's single value).
+        chunk_size: members per compiled call (memory bound); default all members of a batch-size
+            group at once. Rounded up to a multiple of the number of devices; the last chunk is padded
+            (with copies of its first member, discarded) so no chunk ever recompiles.
+        store: a directory. Each finished chunk is written there atomically (a temporary file, then
+            ``os.replace``) as a netCDF file, next to a ``manifest.json`` holding the sweep's config
+            hash and every chunk's members and sha256. Calling again with the same arguments resumes:
+            only missing chunks run; a truncated, corrupted or foreign chunk is recomputed with a
+            warning. A store written by a different sweep, or a corrupt manifest, is refused.
+        devices: the devices to shard the member axis over (default ``jax.devices()``).
+        progress: show a tqdm progress bar over chunks.
+        symmetries: kind -> :class:`~noether_jax.symmetry.MaskedSymmetry` (or a tuple of them, as
+            :class:`~noether_jax.Recorder` takes), or a callable ``(net, params, state) -> that``
+            called on the first seed's model. Default: ``nj.symmetry.detect`` on the first seed's
+            model and 64 training examples (the same groups for every member).
+        optimizer: a learning rule whose η, β, λ the sweep replaces per member (default
+            ``nj.rules.sgd``), or a factory ``Hyper -> optax.GradientTransformation`` (measured only).
+            An optax transformation as it is cannot be swept and is refused.
+        floor: the error metric's floor (:func:`noether_jax.theory.relative_error`), per member and kind.
+        on_chunk: called as ``on_chunk(done, total)`` after each chunk (and its store write).
+
+    Returns:
+        An :class:`xarray.Dataset` with dimensions ``lr, momentum, weight_decay, batch_size, seed,
+        init_scale`` (always all six, length 1 when not swept; ``member`` instead for a list of
+        configurations), ``time`` (coordinate ``step``; data variable ``t = step · lr``) and
+        ``<kind>_group``; variables ``measured_<kind>``, ``theory_<kind>``, ``identity_<kind>``,
+        ``loss`` (mean mini-batch loss since the previous save), ``nld_r4`` (scale groups),
+        summaries ``error_median_<kind>`` / ``error_max_<kind>`` (theory vs measured, over groups),
+        ``identity_error_median_<kind>``, ``final_loss`` (full training set), ``test_accuracy``,
+        ``status`` (0 ok, 1 diverged, 2 nan, 3 invalid, 4 edge of stability: see ``status.attrs``)
+        and ``diverged_step``. A diverged member's series are NaN after its divergence (all of them
+        for ``nan`` and ``invalid``) and its summaries NaN; the other members are unaffected.
+        ``attrs`` hold ``compile_time_s`` (tracing, lowering and XLA), ``xla_compile_time_s``,
+        ``run_time_s``, ``chunks_run``, ``chunks_loaded``, the device count and package versions.
+
+    **How it runs.** Members are grouped by batch size, the one hyperparameter that changes array
+    shapes: each group is ONE ahead-of-time compiled program (``jax.jit(...).lower().compile()``,
+    timed apart from execution) that ``jax.vmap``-s the recorder over (seed's params × init scale,
+    η, β, λ, PRNG key), so a grid compiles once per distinct batch size, never per member, and the
+    compiled program is cached in-process across calls. The member axis is sharded over a 1-D
+    ``jax.sharding.Mesh`` of ``devices`` (inputs placed with ``NamedSharding(mesh, P("member"))``;
+    the data and the seeds' initial parameters replicated) and run under ``jax.shard_map``: every
+    device runs the same vmapped program on its own members, with no communication. On CPU a run
+    over n devices is bit for bit the single-device run with ``chunk_size / n`` members per chunk;
+    other chunk widths change XLA's vectorisation and may differ at rounding level (~1e-16).
+
+    **Several hosts.** Call ``jax.distributed.initialize()`` (coordinator address, process count
+    and id, or the cluster's auto-detection) in every process before anything else, then run the
+    same ``sweep(...)`` call in every process: ``jax.devices()`` is then the global device list,
+    each process feeds the shards of its own devices, results are gathered to all processes, and
+    only process 0 writes the store (give a path on a shared file system).
+
+    Example:
+        >>> import noether_jax as nj
+        >>> ds = nj.sweep(lr=[0.05, 0.1], momentum=[0.0, 0.9], seed=2, steps=20, save_every=10, width=8,
+        ...               batch_size=32, progress=False)
+        >>> dict(ds.sizes)["lr"], dict(ds.sizes)["seed"], dict(ds.sizes)["time"]
+        (2, 2, 3)
+        >>> ds.status.values.ravel().tolist() == [0] * 8
+        True
+    """
+    t_all = time.perf_counter()
+    plan = _plan(model, locals())
+    ds = _execute(plan, devices=devices, chunk_size=chunk_size, store=store, progress=progress, on_chunk=on_chunk)
+    ds.attrs["total_time_s"] = time.perf_counter() - t_all
+    return ds
+
+
+class _Plan:
+    """Everything a sweep needs before it compiles: validated members, models, groups, config."""
+
+    def __init__(self, **kw):
+        self.__dict__.update(kw)
+
+
+def _plan(model: Any, args: dict) -> _Plan:
+    if args["init_scale_on"] not in ("all", "scale"):
+        raise ValueError(f"`init_scale_on` must be 'all' or 'scale', got {args['init_scale_on']!r}.")
+    steps = _int_arg("steps", args["steps"])
+    save_every = _int_arg("save_every", args["save_every"])
+    if steps % save_every:
+        raise ValueError(f"invalid `save_every` value {save_every!r}: it must be a positive divisor of `steps` ({steps}).")
+    if args["chunk_size"] is not None:
+        _int_arg("chunk_size", args["chunk_size"])
+    optimizer = args["optimizer"]
+    check_optimizer(optimizer)
+    if not sweepable(optimizer):
+        raise TypeError("a sweep varies η, β and λ, but an optax transformation passed as it is has fixed hyperparameters: "
+                        "pass an nj.rules rule (e.g. nj.rules.sgd(lr=0.1)), or a factory `hyper -> transformation` built "
+                        "with optax.inject_hyperparams.")
+    seed = args["seed"]
+    if isinstance(seed, int | np.integer) and not isinstance(seed, bool):
+        seed = list(range(_int_arg("seed", seed)))  # an int is a number of seeds (0 .. n-1)
+    data = args["data"]
+    if data is None:
+        from ..data import digits
+
+        data = digits()
+    vals = {h: _grid.values(h, seed if h == "seed" else args[h]) for h in HYPERS}
+    members = _grid.members(args["grid"], vals)
+    for m in members:
+        for h in HYPERS:
+            _grid.check_value(h, m[h], int(data.x_train.shape[0]))
+    seeds = sorted({m["seed"] for m in members})
+    name, net, params_by_seed, state_by_seed = init_models(model, seeds, data, args["width"])
+    p0 = jax.tree.map(lambda a: a[0], params_by_seed)
+    s0 = jax.tree.map(lambda a: a[0], state_by_seed)
+    syms = default_symmetries(args["symmetries"], net, p0, s0, data)
+    if args["init_scale_on"] == "scale" and "scale" not in syms:
+        raise ValueError("`init_scale_on='scale'` needs scale groups, but the model has none; use init_scale_on='all'.")
+    return _Plan(name=name, net=net, params=params_by_seed, state=state_by_seed, seeds=seeds, syms=syms, data=data,
+                 members=members, values=vals, cartesian=args["grid"] is True, steps=steps, save_every=save_every,
+                 optimizer=optimizer, width=args["width"], init_scale_on=args["init_scale_on"], floor=float(args["floor"]))
+
+
+def _int_arg(name: str, value: Any) -> int:
+    try:
+        return _validate.integer(name, value)
+    except (TypeError, ValueError) as e:
+        raise type(e)(f"invalid `{name}` value {value!r}: {e} Nothing was run.") from None
+
+
+def _config(plan: _Plan, chunk_of: dict) -> dict:
+    data = plan.data
+    return {
+        "model": plan.name or f"custom:{fingerprint(plan.params)}", "width": plan.width, "steps": plan.steps,
+        "save_every": plan.save_every, "members": plan.members, "chunk_size": {str(b): c for b, c in chunk_of.items()},
+        "data": fingerprint((data.x_train, data.y_train, data.x_test, data.y_test)),
+        "init": fingerprint((plan.params, plan.state)),
+        "symmetries": fingerprint(plan.syms) + str(jax.tree.structure(plan.syms)), "init_scale_on": plan.init_scale_on,
+        "floor": plan.floor, "dtype": str(jnp.result_type(float)),
+        "optimizer": "sgd" if plan.optimizer is None else f"{type(plan.optimizer).__name__}:{fingerprint(plan.optimizer)}",
+    }
+
+
+def _execute(plan: _Plan, *, devices, chunk_size, store, progress, on_chunk) -> xr.Dataset:
+    from tqdm.auto import tqdm
+
+    devs = list(devices) if devices is not None else jax.devices()
+    mesh = Mesh(np.array(devs), ("member",))
+    n_dev = len(devs)
+    batch_sizes = list(dict.fromkeys(m["batch_size"] for m in plan.members))
+    groups = [[i for i, m in enumerate(plan.members) if m["batch_size"] == b] for b in batch_sizes]
+    chunk_of = {b: -(-(chunk_size or len(g)) // n_dev) * n_dev for b, g in zip(batch_sizes, groups, strict=True)}
+    config = json.loads(json.dumps(_config(plan, chunk_of), default=str))
+    st = Store(store, config, writer=jax.process_index() == 0) if store is not None else None
+    repl, mem = NamedSharding(mesh, PartitionSpec()), NamedSharding(mesh, PartitionSpec("member"))
+    shared_host = (plan.params, plan.state, plan.data.x_test, plan.data.y_test)
+    shared = jax.tree.map(lambda a: put(a, repl), shared_host)
+    seed_pos = {s: i for i, s in enumerate(plan.seeds)}
+    fdt = jnp.result_type(float)
+    n_chunks = sum(-(-len(g) // chunk_of[b]) for b, g in zip(batch_sizes, groups, strict=True))
+    results: dict[int, dict[str, np.ndarray]] = {}
+    t = {"compile": 0.0, "xla": 0.0, "run": 0.0, "ran": 0, "loaded": 0}
+    bar = tqdm(total=n_chunks, desc="sweep chunks", unit="chunk", disable=not progress)
+    done = 0
+    for g, (b, idx) in enumerate(zip(batch_sizes, groups, strict=True)):
+        chunk = chunk_of[b]
+        rec = Recorder(plan.net, plan.syms, plan.data.x_train, plan.data.y_train, batch_size=b, steps=plan.steps,
+                       save_every=plan.save_every, optimizer=plan.optimizer)
+        exe = dynamic = None
+        for c, start in enumerate(range(0, len(idx), chunk)):
+            ids = np.asarray(idx[start : start + chunk])
+            out = st.load(g, c, ids) if st is not None else None
+            if out is not None:
+                t["loaded"] += 1
+            else:
+                if exe is None:
+                    bar.set_description(f"compiling (batch size {b})")
+                    exe, dynamic, dt, dx = compiled(rec, shared_host, chunk, mesh, scale_only=plan.init_scale_on == "scale",
+                                                    floor=plan.floor)
+                    t["compile"] += dt
+                    t["xla"] += dx
+                    dynamic = jax.tree.map(lambda a: put(a, repl), dynamic)
+                    bar.set_description("sweep chunks")
+                padded = np.concatenate([ids, np.full(chunk - len(ids), ids[0])])
+                ms = [plan.members[i] for i in padded]
+                args = [
+                    np.array([seed_pos[m["seed"]] for m in ms], np.int32), np.array([m["seed"] for m in ms], np.int32),
+                    *(np.array([m[h] for m in ms], fdt) for h in ("lr", "momentum", "weight_decay", "init_scale")),
+                ]
+                t0 = time.perf_counter()
+                res = exe(dynamic, *shared, *(put(a, mem) for a in args))
+                out = {k: v[: len(ids)] for k, v in gather(res).items()}
+                t["run"] += time.perf_counter() - t0
+                t["ran"] += 1
+                if st is not None:
+                    st.save(g, c, ids, out)
+            for j, i in enumerate(ids):
+                results[int(i)] = {k: v[j] for k, v in out.items()}
+            done += 1
+            bar.update(1)
+            if on_chunk is not None:
+                on_chunk(done, n_chunks)
+    bar.close()
+    ds = _assemble(results, plan.members, plan.values, plan.cartesian, plan.syms, plan.steps, plan.save_every)
+    ds.attrs.update(
+        compile_time_s=t["compile"], xla_compile_time_s=t["xla"], run_time_s=t["run"], chunks_run=t["ran"],
+        chunks_loaded=t["loaded"], n_devices=n_dev, n_members=len(plan.members),
+        config_hash=config_hash(config),
+        batch_size_groups=len(batch_sizes), model=str(plan.name or "custom"), steps=plan.steps, save_every=plan.save_every,
+        init_scale_on=plan.init_scale_on, dtype=str(fdt), versions=_versions(),
+        optimizer="sgd (heavy ball, coupled weight decay)" if plan.optimizer is None else type(plan.optimizer).__name__,
+    )
+    return ds
+
+
+def _versions() -> str:
+    from importlib.metadata import version
+
+    out = []
+    for p in ("noether_jax", "jax", "jaxlib", "equinox", "optax", "flax", "xarray"):
+        try:
+            out.append(f"{p}={version(p)}")
+        except Exception:  # pragma: no cover
+            pass
+    return ", ".join(out)
+
+
+def _assemble(results, members, values, cartesian: bool, syms, steps: int, save_every: int) -> xr.Dataset:
+    import xarray as xr
+
+    n = len(members)
+    keys = list(results[0])
+    stacked = {k: np.stack([results[i][k] for i in range(n)]) for k in keys}
+    step = np.arange(0, steps + 1, save_every)
+    if cartesian:
+        mdims = list(HYPERS)
+        mshape = [len(values[h]) for h in HYPERS]
+        coords = {h: values[h] for h in HYPERS}
+    else:
+        mdims, mshape = ["member"], [n]
+        coords = {"member": np.arange(n), **{h: ("member", [m[h] for m in members]) for h in HYPERS}}
+    coords["step"] = ("time", step)
+    ds = xr.Dataset(coords=coords)
+
+    def dims_of(k):
+        if k == "loss":
+            return ["time"]
+        if k == "nld_r4":
+            return ["time", "scale_group"]
+        for kind in syms:
+            if k in (f"measured_{kind}", f"theory_{kind}", f"identity_{kind}"):
+                return ["time", f"{kind}_group"]
+        return []
+
+    for k, v in stacked.items():
+        ds[k] = (mdims + dims_of(k), v.reshape(mshape + list(v.shape[1:])))
+    lr = ds["lr"]
+    ds["t"] = lr * ds["step"]
+    ds["t"].attrs["long_name"] = "continuous time t = step · lr"
+    ds["status"].attrs.update(flag_values=list(STATUS), flag_meanings=" ".join(STATUS.values()),
+                              description="0 ok; 1 diverged (loss exploded: series NaN after diverged_step); 2 nan (not finite: "
+                                          "all NaN); 3 invalid (a hyperparameter out of its domain: all NaN); 4 edge_of_stability "
+                                          "(η·λ_max beyond the rule's threshold: kept, but not a test of the continuous theory)")
+    for kind in syms:
+        ds[f"error_median_{kind}"].attrs["description"] = (f"median over {kind} groups of max_t |theory - measured| / "
+                                                           "max(|measured|, floor · median group scale)")
+    return ds
+
+
+def status_names(ds: xr.Dataset) -> xr.DataArray:
+    """The ``status`` codes of a sweep as strings (``ok``, ``diverged``, ``nan``, ``invalid``, ``edge_of_stability``).
+
+    Example:
+        >>> import xarray as xr, numpy as np, noether_jax as nj
+        >>> nj.status_names(xr.Dataset({"status": ("m", np.array([0, 2]))})).values.tolist()
+        ['ok', 'nan']
+    """
+    import xarray as xr
+
+    return xr.apply_ufunc(np.vectorize(STATUS.get, otypes=[object]), ds["status"])
+
+
+def sweep_summary(ds: xr.Dataset) -> dict:
+    """A JSON-ready summary: the configuration axes, status counts, timings and the best member.
+
+    Example:
+        >>> import numpy as np, xarray as xr, noether_jax as nj
+        >>> ds = xr.Dataset({"status": ("lr", np.array([0, 1])), "final_loss": ("lr", np.array([0.3, np.nan]))},
+        ...                 coords={"lr": [0.1, 9.0]})
+        >>> s = nj.sweep_summary(ds); s["status"]["ok"], s["status"]["diverged"], s["best_final_loss"]["lr"]
+        (1, 1, 0.1)
+    """
+    status = np.asarray(ds["status"].values).ravel()
+    summ = {
+        "axes": {h: [float(v) if h not in ("batch_size", "seed") else int(v) for v in np.atleast_1d(ds[h].values)]
+                 for h in HYPERS if h in ds.dims},
+        "n_members": int(status.size),
+        "status": {STATUS[c]: int((status == c).sum()) for c in STATUS},
+        **{k: ds.attrs[k] for k in ("compile_time_s", "xla_compile_time_s", "run_time_s", "chunks_run", "chunks_loaded", "n_devices", "versions") if k in ds.attrs},
+    }
+    for var in [v for v in ds.data_vars if v.startswith("error_") or v in ("final_loss", "test_accuracy")]:
+        vals = np.asarray(ds[var].values, float)
+        summ[var] = {"median": float(np.nanmedian(vals)) if np.isfinite(vals).any() else None,
+                     "max": float(np.nanmax(vals)) if np.isfinite(vals).any() else None}
+    fl = ds["final_loss"]
+    if np.isfinite(fl.values).any():
+        best = fl.where(np.isfinite(fl)).argmin(...)
+        summ["best_final_loss"] = {d: (ds[d].values[int(i)].item() if d in ds.coords else int(i)) for d, i in best.items()}
+        summ["best_final_loss"]["final_loss"] = float(np.nanmin(fl.values))
+    return summ
+
+
+__all__ = ["status_names", "sweep", "sweep_summary"]
