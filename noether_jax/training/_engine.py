@@ -301,8 +301,8 @@ def run(engine: Engine, params: Sequence[PyTree], states: Sequence[PyTree], key:
         save_every: int = 1, sharpness: Sharpness | None = None) -> Training:
     """Train every run of ``engine`` for ``steps`` steps from ``params``/``states`` (one per run).
 
-    Pure: jit it, vmap it. The batch of step n of save chunk c comes from
-    ``split(split(key, steps // save_every)[c], save_every)[n]``.
+    Pure: jit it, vmap it. Called outside jit it compiles itself as one program. The batch of step n
+    of save chunk c comes from ``split(split(key, steps // save_every)[c], save_every)[n]``.
 
     Example:
         >>> import jax, jax.numpy as jnp, optax
@@ -315,6 +315,12 @@ def run(engine: Engine, params: Sequence[PyTree], states: Sequence[PyTree], key:
         ((3, 3), [1.0, 1.0, 1.0])
     """
     _check_run(steps, save_every, sharpness)
+    return _run(engine, tuple(params), tuple(states), key, steps, save_every, sharpness)
+
+
+@eqx.filter_jit
+def _run(engine: Engine, params: tuple, states: tuple, key: PRNGKeyArray, steps: int, save_every: int,
+         sharpness: Sharpness | None) -> Training:
     chunk_keys = jax.random.split(key, steps // save_every)
     es = engine.init(params, states, jax.random.split(chunk_keys[0], save_every)[0])
     first = engine.save(es)
