@@ -1,5 +1,10 @@
 """Tests and doctests run in float64 unless a test asks for float32 explicitly (as the overflow checks do).
 
+JAX's persistent compilation cache is on for the test session (``nj.compilation_cache()``: the folder
+``$JAX_COMPILATION_CACHE_DIR`` or ``~/.cache/noether_jax``, inherited by the notebook kernels and the
+subprocesses of the command-line tests), so a second run of the suite loads most programs instead of
+compiling them; ``NOETHER_JAX_NO_CACHE=1`` turns it off.
+
 Every compiled XLA:CPU executable keeps its machine code in memory mappings of its own. One pytest
 process compiles thousands of programs, and without a clean-up it passes Linux's default
 ``vm.max_map_count`` (65 530) about two thirds of the way through the suite, where LLVM's next
@@ -10,12 +15,18 @@ share, and recompiling them costs minutes over the suite.)
 """
 
 import gc
+import os
 from pathlib import Path
 
 import jax
 import pytest
 
 jax.config.update("jax_enable_x64", True)
+if not os.environ.get("NOETHER_JAX_NO_CACHE"):
+    from noether_jax._config import compilation_cache, default_cache_dir
+
+    os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", str(default_cache_dir()))  # for subprocesses and kernels
+    compilation_cache(min_compile_time_s=1.0)
 
 
 def _read_int(path: str, default: int) -> int:
