@@ -125,6 +125,86 @@ def bench_torch(ds, configs, steps, save_every, width, batch, threads=1):
     return dict(run_s=time.perf_counter() - t0, threads=torch.get_num_threads(), version=torch.__version__)
 
 
+def profile(ds, configs, steps, width, batch):
+    """Where a sweep step's time goes, by construction: the same vmapped N-member scan with more and more of the
+    step switched on (each program timed apart from its compile). Shares: sampling, forward+backward, optimiser and
+    divergence bookkeeping, and the Recorder's per-group recording."""
+    import optax
+
+    from noether_jax.data import sample_batch
+    from noether_jax.training import Batches, Engine, run
+
+    n = len(configs)
+    net, params, state = models.functional(models.make_model("mlp", key=0, width=width, in_shape=ds.x_train.shape[1:]))
+    syms = nj.symmetry.detect(net, params, (ds.x_train[:64], ds.y_train[:64]), state=state).symmetries
+    stack = lambda t: jax.tree.map(lambda a: jnp.broadcast_to(a, (n,) + a.shape), t)  # noqa: E731
+    P, S = stack(params), stack(state)
+    lrs = jnp.asarray([c["lr"] for c in configs], jnp.float32)
+    keys = jax.random.split(jax.random.key(0), n)
+    lossf = models.loss_fn(net)
+    x, y = ds.x_train, ds.y_train
+
+    def sampling(key):
+        def body(acc, k):
+            xb, yb = sample_batch(k, x, y, batch)
+            return acc + xb.ravel()[0] + yb[0], None
+        return jax.lax.scan(body, jnp.zeros(()), jax.random.split(key, steps))[0]
+
+    def fwd_bwd(p, s):
+        xb, yb = x[:batch], y[:batch]
+        def body(acc, _):
+            g = jax.grad(lambda q: lossf(q, s, (xb, yb))[0])(jax.tree.map(lambda a: a + acc, p))
+            return acc + 1e-9 * jax.tree.leaves(g)[0].ravel()[0], None
+        return jax.lax.scan(body, jnp.zeros(()), None, length=steps)[0]
+
+    def train(p, s, lr, key):
+        eng = Engine(lossf, [optax.chain(optax.add_decayed_weights(1e-4), optax.sgd(lr, momentum=0.9))],
+                     Batches(x, y, batch_size=batch))
+        return run(eng, [p], [s], key, steps=steps, save_every=steps).params[0]
+
+    rec = nj.Recorder(net, syms, x, y, batch_size=batch, steps=steps, save_every=max(1, steps // 10))
+
+    def record(p, s, lr, key):
+        return rec.run(p, s, nj.Hyper(lr, 0.9, 1e-4), key).measured
+
+    progs = {"sampling": (jax.jit(jax.vmap(sampling)), (keys,)),
+             "forward+backward": (jax.jit(jax.vmap(fwd_bwd)), (P, S)),
+             "training (sampling, grad, optimiser, divergence)": (jax.jit(jax.vmap(train)), (P, S, lrs, keys)),
+             "Recorder (training + per-group recording)": (jax.jit(jax.vmap(record)), (P, S, lrs, keys))}
+    out = {}
+    for name, (fn, args) in progs.items():
+        t0 = time.perf_counter()
+        exe = fn.lower(*args).compile()
+        compile_s = time.perf_counter() - t0
+        jax.block_until_ready(exe(*args))
+        times = []
+        for _ in range(3):
+            t0 = time.perf_counter()
+            jax.block_until_ready(exe(*args))
+            times.append(time.perf_counter() - t0)
+        cost = exe.cost_analysis()
+        cost = cost[0] if isinstance(cost, list) else cost
+        flops = float(cost.get("flops", float("nan"))) if cost else float("nan")
+        run_s = float(np.median(times))
+        out[name] = dict(compile_s=compile_s, run_s=run_s, us_per_config_step=1e6 * run_s / (n * steps), xla_flops=flops,
+                         flops_per_s=flops / run_s)
+        print(f"  {name:52s} {out[name]['us_per_config_step']:8.1f} µs/(config·step)  XLA flops/s {flops / run_s:.3g}")
+    return out
+
+
+def peak_flops(n=1024, repeats=5):
+    """This CPU's attainable float32 matmul FLOP/s on the same threads (one jitted n×n matmul)."""
+    a = jax.random.normal(jax.random.key(1), (n, n), jnp.float32)
+    f = jax.jit(lambda m: m @ m)
+    jax.block_until_ready(f(a))
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        jax.block_until_ready(f(a))
+        times.append(time.perf_counter() - t0)
+    return 2.0 * n**3 / float(np.median(times))
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--n", type=int, default=64)
@@ -141,6 +221,7 @@ def main():
     ap.add_argument("--sampler", choices=("library", "topk", "choice"), default="library",
                     help="patch the recorder's mini-batch sampler: topk = top_k of uniform keys (the library's since "
                          "006f94f), choice = jax.random.choice(replace=False) (the library's before)")
+    ap.add_argument("--profile", action="store_true", help="also time the step by parts (sampling, grad, optimiser, recording)")
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--json", type=Path)
     a = ap.parse_args()
@@ -172,6 +253,11 @@ def main():
            "n": len(configs), "steps": a.steps, "sampler": a.sampler, "width": a.width, "batch": a.batch}
     print(f"N = {len(configs)} configurations × {a.steps} steps, MLP width {a.width}, batch {a.batch}, float32")
 
+    res["peak_matmul_flops"] = peak = peak_flops()
+    print(f"peak: a 1024² float32 matmul runs at {peak / 1e9:.1f} GFLOP/s on this machine")
+    if a.profile:
+        print("profile (same N and steps, vmapped):")
+        res["profile"] = profile(ds, configs, a.steps, a.width, a.batch)
     res["sweep"] = s = bench_sweep(ds, configs, a.steps, a.save_every, a.width, a.batch)
     print(f"sweep : compile {s['compile_s']:.2f} s, run {s['run_s']:.2f} s (first {s['first_run_s']:.2f} s)")
     res["loop"] = lp = bench_loop(ds, configs, a.steps, a.save_every, a.width, a.batch)

@@ -107,7 +107,7 @@ def test_a_model_in_three_forms_gives_identical_series_and_groups(digits):
 def test_sweep_takes_a_factory_and_matches_the_recorder_member_by_member(digits):
     kw = dict(steps=10, save_every=5, batch_size=16)
     factory = lambda rngs: Plain(rngs, param_dtype=jnp.float64)  # noqa: E731  (float64: members compared to 1e-12)
-    ds = nj.sweep(factory, lr=[0.05, 0.2], momentum=[0.0, 0.9], seed=[0, 1], data=digits, progress=False,
+    ds = nj.sweep(factory, lr=[0.05, 0.2], momentum=[0.0, 0.9], seed=[0, 1], data=digits, progress=False, dtype="float64",
                   symmetries=lambda net, p, s: _groups(p), **kw)
     assert (ds.status.values == 0).all()
     for seed in (0, 1):

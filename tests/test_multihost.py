@@ -28,7 +28,7 @@ import noether_jax as nj
 
 ROOT = Path(__file__).resolve().parents[1]
 BASE = dict(lr=[0.05, 0.2], momentum=[0.0, 0.9], weight_decay=0.0, seed=2, steps=6, save_every=3, width=4, batch_size=16,
-            progress=False)
+            progress=False, dtype="float64")
 
 WORKER = textwrap.dedent("""
     import sys, time

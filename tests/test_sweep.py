@@ -32,7 +32,7 @@ from noether_jax.sweeps import _program, _store
 
 ROOT = Path(__file__).resolve().parents[1]
 BASE = dict(lr=[0.05, 0.2], momentum=[0.0, 0.9], weight_decay=0.0, seed=2, steps=6, save_every=3, width=4,
-            batch_size=16, progress=False, symmetries=lambda net, params, state: mlp_groups("mlp", params))
+            batch_size=16, progress=False, dtype="float64", symmetries=lambda net, params, state: mlp_groups("mlp", params))
 # fixed groups by construction: the tests do not depend on (nor recompile for) nj.symmetry.detect
 
 
@@ -154,7 +154,7 @@ def _script(body: str) -> str:
         from _groups import mlp_groups
         from noether_jax import data
         BASE = dict(lr=[0.05, 0.2], momentum=[0.0, 0.9], weight_decay=0.0, seed=2, steps=6, save_every=3, width=4,
-                    batch_size=16, progress=False, symmetries=lambda n, p, s: mlp_groups("mlp", p))
+                    batch_size=16, progress=False, dtype="float64", symmetries=lambda n, p, s: mlp_groups("mlp", p))
         """
     ) + textwrap.dedent(body)
 
@@ -225,3 +225,17 @@ def test_command_writes_store_summary_and_heat_maps(tmp_path):
     assert (tmp_path / "heatmap_error_median_rescale.png").exists() and list((tmp_path / "store").glob("chunk-*.nc"))
     bad = CliRunner().invoke(app, [*args[:3], "0.05,-1", *args[4:]])
     assert bad.exit_code == 2 and "-1.0" in bad.output
+
+
+def test_sweeps_run_in_float32_by_default_and_refuse_an_unknown_dtype(digits):
+    kw = {k: v for k, v in BASE.items() if k != "dtype"}
+    ds = nj.sweep(data=digits, **{**kw, "lr": 0.1, "momentum": 0.9, "seed": [0]})
+    assert ds.attrs["dtype"] == "float32" and ds["measured_rescale"].dtype == np.float32
+    net, params, state = models.functional(models.make_model("mlp", key=0, width=4, dtype=np.float32))
+    rec = nj.Recorder(net, mlp_groups("mlp", params), digits.x_train.astype(np.float32), digits.y_train, batch_size=16, steps=6,
+                      save_every=3)
+    out = rec.run(params, state, nj.Hyper(0.1, 0.9), sweeps.data_key(0))
+    sel = ds.squeeze()
+    np.testing.assert_allclose(sel["measured_rescale"].values, np.asarray(out.measured["rescale"]), rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="dtype"):
+        nj.sweep(data=digits, **{**kw, "dtype": "float16"})

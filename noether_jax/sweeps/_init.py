@@ -9,13 +9,14 @@ import flax.nnx as nnx
 import jax
 import jax.numpy as jnp
 
+from .._tree import cast_floats
 from ..data import Dataset
 from ..models import MODELS, LinenNetwork, Network, functional, make_model
 from ..symmetry import KINDS, detect
 
 
-def init_models(model: Any, seeds: list[int], ds: Dataset, width: int):
-    """(name or None, net, params stacked over seeds, state stacked over seeds)."""
+def init_models(model: Any, seeds: list[int], ds: Dataset, width: int, dtype: Any = None):
+    """(name or None, net, params stacked over seeds, state stacked over seeds), floating leaves in ``dtype``."""
     if isinstance(model, str):
         if model not in MODELS:
             raise ValueError(f"unknown model {model!r}; choose one of {', '.join(MODELS)}, or pass a factory "
@@ -24,7 +25,7 @@ def init_models(model: Any, seeds: list[int], ds: Dataset, width: int):
 
         def init(seed):
             m = make_model(name, key=seed, width=width, in_shape=tuple(ds.x_train.shape[1:]), n_classes=ds.n_classes,
-                           dtype=ds.x_train.dtype)
+                           dtype=dtype or ds.x_train.dtype)
             return functional(m)
     elif isinstance(model, tuple) and len(model) == 2 and isinstance(model[0], Network | LinenNetwork) and callable(model[1]):
         name, (net0, params_fn) = None, model
@@ -47,6 +48,8 @@ def init_models(model: Any, seeds: list[int], ds: Dataset, width: int):
         raise TypeError("`model` must be a model name (see noether_jax.models.MODELS), a factory nnx.Rngs -> nnx.Module, "
                         "or a pair (net, init) with init(seed) -> (params, state).")
     inits = [init(s) for s in seeds]
+    if dtype is not None:
+        inits = [(n, cast_floats(p, dtype), cast_floats(s, dtype)) for n, p, s in inits]
     net = inits[0][0]
     stack = lambda *xs: jnp.stack([jnp.asarray(x) for x in xs])  # noqa: E731
     params = jax.tree.map(stack, *[i[1] for i in inits])

@@ -64,13 +64,13 @@ def chunk_program(static, dynamic, params_by_seed, state_by_seed, x_test, y_test
     return jax.vmap(one)(seed_idx, seed, lr, mom, wd, scale)
 
 
-def compiled(rec: Recorder, shared: tuple, chunk: int, mesh: Mesh, *, scale_only: bool, floor: float):
-    """AOT-compile the chunk program once per (recorder program, shapes, chunk size, devices).
+def compiled(rec: Recorder, shared: tuple, chunk: int, mesh: Mesh, *, scale_only: bool, floor: float, dtype: Any):
+    """AOT-compile the chunk program once per (recorder program, shapes, chunk size, devices, dtype).
 
     Returns (executable, the recorder's arrays, compile seconds, of which XLA seconds).
     """
     dynamic, static = eqx.partition(rec, eqx.is_array)
-    fdt = jnp.result_type(float)
+    fdt = jnp.dtype(dtype)
     member_avals = (jax.ShapeDtypeStruct((chunk,), jnp.int32),) * 2 + (jax.ShapeDtypeStruct((chunk,), fdt),) * 4
     avals = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), (dynamic, *shared))
     key = (

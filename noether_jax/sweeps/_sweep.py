@@ -51,6 +51,7 @@ def sweep(
     optimizer: Any = None,
     init_scale_on: str = "all",
     floor: float = 1e-3,
+    dtype: str = "float32",
     on_chunk: Callable[[int, int], None] | None = None,
 ) -> xr.Dataset:
     """Train and record a whole grid of configurations as one compiled, sharded program.
@@ -93,6 +94,9 @@ def sweep(
             ``nj.rules.sgd``), or a factory ``Hyper -> optax.GradientTransformation`` (measured only).
             An optax transformation as it is cannot be swept and is refused.
         floor: the error metric's floor (:func:`noether_jax.theory.relative_error`), per member and kind.
+        dtype: the precision of every member: ``"float32"`` (the default: sweeps are about throughput) or
+            ``"float64"`` (needs ``nj.enable_x64()``). The model's parameters and state, the data and the
+            hyperparameters are cast to it (``attrs["dtype"]`` says which).
         on_chunk: called as ``on_chunk(done, total)`` after each chunk (and its store write).
 
     Returns:
@@ -164,6 +168,11 @@ def _plan(model: Any, args: dict) -> _Plan:
         raise TypeError("a sweep varies η, β and λ, but an optax transformation passed as it is has fixed hyperparameters: "
                         "pass an nj.rules rule (e.g. nj.rules.sgd(lr=0.1)), or a factory `hyper -> transformation` built "
                         "with optax.inject_hyperparams.")
+    dtype = jnp.dtype(args["dtype"])
+    if dtype not in (jnp.dtype("float32"), jnp.dtype("float64")):
+        raise ValueError(f"`dtype` must be 'float32' or 'float64', got {args['dtype']!r}.")
+    if dtype == jnp.dtype("float64") and not jax.config.jax_enable_x64:
+        raise ValueError("`dtype='float64'` needs float64 enabled: call nj.enable_x64() first (or use dtype='float32').")
     seed = args["seed"]
     if isinstance(seed, int | np.integer) and not isinstance(seed, bool):
         seed = list(range(_int_arg("seed", seed)))  # an int is a number of seeds (0 .. n-1)
@@ -172,13 +181,15 @@ def _plan(model: Any, args: dict) -> _Plan:
         from ..data import digits
 
         data = digits()
+    data = data._replace(x_train=data.x_train.astype(dtype), x_test=data.x_test.astype(dtype)) \
+        if jnp.issubdtype(data.x_train.dtype, jnp.floating) else data
     vals = {h: _grid.values(h, seed if h == "seed" else args[h]) for h in HYPERS}
     members = _grid.members(args["grid"], vals)
     for m in members:
         for h in HYPERS:
             _grid.check_value(h, m[h], int(data.x_train.shape[0]))
     seeds = sorted({m["seed"] for m in members})
-    name, net, params_by_seed, state_by_seed = init_models(model, seeds, data, args["width"])
+    name, net, params_by_seed, state_by_seed = init_models(model, seeds, data, args["width"], dtype)
     p0 = jax.tree.map(lambda a: a[0], params_by_seed)
     s0 = jax.tree.map(lambda a: a[0], state_by_seed)
     syms = default_symmetries(args["symmetries"], net, p0, s0, data)
@@ -186,7 +197,8 @@ def _plan(model: Any, args: dict) -> _Plan:
         raise ValueError("`init_scale_on='scale'` needs scale groups, but the model has none; use init_scale_on='all'.")
     return _Plan(name=name, net=net, params=params_by_seed, state=state_by_seed, seeds=seeds, syms=syms, data=data,
                  members=members, values=vals, cartesian=args["grid"] is True, steps=steps, save_every=save_every,
-                 optimizer=optimizer, width=args["width"], init_scale_on=args["init_scale_on"], floor=float(args["floor"]))
+                 optimizer=optimizer, width=args["width"], init_scale_on=args["init_scale_on"], floor=float(args["floor"]),
+                 dtype=dtype)
 
 
 def _int_arg(name: str, value: Any) -> int:
@@ -204,7 +216,7 @@ def _config(plan: _Plan, chunk_of: dict) -> dict:
         "data": fingerprint((data.x_train, data.y_train, data.x_test, data.y_test)),
         "init": fingerprint((plan.params, plan.state)),
         "symmetries": fingerprint(plan.syms) + str(jax.tree.structure(plan.syms)), "init_scale_on": plan.init_scale_on,
-        "floor": plan.floor, "dtype": str(jnp.result_type(float)),
+        "floor": plan.floor, "dtype": str(plan.dtype),
         "optimizer": "sgd" if plan.optimizer is None else f"{type(plan.optimizer).__name__}:{fingerprint(plan.optimizer)}",
     }
 
@@ -224,7 +236,7 @@ def _execute(plan: _Plan, *, devices, chunk_size, store, progress, on_chunk) -> 
     shared_host = (plan.params, plan.state, plan.data.x_test, plan.data.y_test)
     shared = jax.tree.map(lambda a: put(a, repl), shared_host)
     seed_pos = {s: i for i, s in enumerate(plan.seeds)}
-    fdt = jnp.result_type(float)
+    fdt = plan.dtype
     n_chunks = sum(-(-len(g) // chunk_of[b]) for b, g in zip(batch_sizes, groups, strict=True))
     results: dict[int, dict[str, np.ndarray]] = {}
     t = {"compile": 0.0, "xla": 0.0, "run": 0.0, "ran": 0, "loaded": 0}
@@ -244,7 +256,7 @@ def _execute(plan: _Plan, *, devices, chunk_size, store, progress, on_chunk) -> 
                 if exe is None:
                     bar.set_description(f"compiling (batch size {b})")
                     exe, dynamic, dt, dx = compiled(rec, shared_host, chunk, mesh, scale_only=plan.init_scale_on == "scale",
-                                                    floor=plan.floor)
+                                                    floor=plan.floor, dtype=fdt)
                     t["compile"] += dt
                     t["xla"] += dx
                     dynamic = jax.tree.map(lambda a: put(a, repl), dynamic)
