@@ -73,9 +73,9 @@ def test_recorder_matches_a_plain_optax_loop(digits):
     loss = models.loss_fn(net)
     p, s, o = params, state, opt.init(params)
     expected = [{k: sym.pair(p, p) for k, sym in syms.items()}]
-    for kc in jax.random.split(key, steps // every):
-        for kn in jax.random.split(kc, every):
-            batch = data.sample_batch(kn, digits.x_train, digits.y_train, bs)
+    for c in range(steps // every):
+        for n in range(c * every, (c + 1) * every):  # step n's batch: fold_in(key, n)
+            batch = data.sample_batch(jax.random.fold_in(key, n), digits.x_train, digits.y_train, bs)
             (_, s), g = jax.value_and_grad(loss, has_aux=True)(p, s, batch)
             u, o = opt.update(g, o, p)
             p = optax.apply_updates(p, u)

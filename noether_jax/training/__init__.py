@@ -6,7 +6,21 @@ every symmetric group's conserved quantity next to the theory of the learning ru
 (:class:`StabilityGuard`) carries the divergence and edge-of-stability flags of every result.
 """
 
-from ._engine import Batches, Engine, EngineState, Hook, LastStep, SaveParams, Sharpness, Snapshot, Start, Step, Training, run
+from ._engine import (
+    Batches,
+    Engine,
+    EngineState,
+    Hook,
+    LastStep,
+    SaveParams,
+    Sharpness,
+    Snapshot,
+    Start,
+    Step,
+    Training,
+    batch_key,
+    run,
+)
 from ._guard import STATUS, StabilityGuard, edge_of_stability, lambda_max, stability_guard
 from ._recorder import SYMMETRY_TOL, Conservation, Record, Recorder
 
@@ -28,6 +42,7 @@ __all__ = [
     "Start",
     "Step",
     "Training",
+    "batch_key",
     "edge_of_stability",
     "lambda_max",
     "run",

@@ -38,9 +38,15 @@ LossFn = Callable[[PyTree, PyTree, tuple[Array, Array]], tuple[Array, PyTree]]
 _GUARD_STREAM = 0x6E6A  # the guard's batches come from fold_in(key, _GUARD_STREAM)
 
 
+def batch_key(key: PRNGKeyArray, step: ArrayLike) -> PRNGKeyArray:
+    """The PRNG key of step ``step``'s mini-batch in a run with key ``key``: ``fold_in(key, step)``."""
+    return jax.random.fold_in(key, step)
+
+
 class Batches(eqx.Module):
     """Where a run's mini-batches come from: ``batch_size`` examples drawn without replacement per
-    step (:func:`noether_jax.data.sample_batch`), or, with ``batch_size=None``, the full set as it is.
+    step (:func:`noether_jax.data.sample_batch`), or, with ``batch_size=None`` or the data size, the full
+    set as it is (full-batch gradient descent: no sampling; a mean over the batch does not depend on its order).
 
     Example:
         >>> import jax, jax.numpy as jnp
@@ -62,8 +68,8 @@ class Batches(eqx.Module):
         n = int(self.x.shape[0])
         if int(self.y.shape[0]) != n:
             raise ValueError(f"`x` and `y` must have the same number of examples, got {n} and {int(self.y.shape[0])}.")
-        self.full = batch_size is None
         self.batch_size = n if batch_size is None else check_batch(batch_size, n)
+        self.full = self.batch_size == n
 
     @property
     def n(self) -> int:
@@ -212,11 +218,11 @@ class Engine(eqx.Module):
         losses = jnp.stack([o[0][0] for o in out])
         return losses, tuple(o[0][1] for o in out), tuple(o[1] for o in out)
 
-    def init(self, params: Sequence[PyTree], states: Sequence[PyTree], first_key: PRNGKeyArray) -> EngineState:
-        """The state before step 0; ``first_key`` draws the batch that step 0 will use."""
+    def init(self, params: Sequence[PyTree], states: Sequence[PyTree], key: PRNGKeyArray) -> EngineState:
+        """The state before step 0 (hooks see the loss and gradient of step 0's batch)."""
         params, states = tuple(params), tuple(states)
         opt_states = tuple(o.init(p) for o, p in zip(self.optimizers, params, strict=True))
-        losses, _, grads = self._grads(params, states, self.data.sample(first_key))
+        losses, _, grads = self._grads(params, states, self.data.sample(batch_key(key, 0)))
         start = Start(params, states, opt_states, losses, grads)
         hooks = {k: h.init(start) for k, h in self.hooks.items()}
         k = self.n_runs
@@ -224,8 +230,8 @@ class Engine(eqx.Module):
                            self.divergence_factor * jnp.abs(losses), jnp.full((k,), -1, jnp.int32), params)
 
     def step(self, es: EngineState, key: PRNGKeyArray) -> EngineState:
-        """One optimiser step of every run on the mini-batch drawn from ``key``."""
-        batch = self.data.sample(key)
+        """One optimiser step of every run, on the mini-batch of step n drawn from ``batch_key(key, n)``."""
+        batch = self.data.sample(batch_key(key, es.n))
         losses, new_states, grads = self._grads(es.params, es.states, batch)
         new_params, opt_states = [], []
         for i, (opt, post) in enumerate(zip(self.optimizers, self.post_updates, strict=True)):
@@ -302,7 +308,8 @@ def run(engine: Engine, params: Sequence[PyTree], states: Sequence[PyTree], key:
     """Train every run of ``engine`` for ``steps`` steps from ``params``/``states`` (one per run).
 
     Pure: jit it, vmap it. Called outside jit it compiles itself as one program. The batch of step n
-    of save chunk c comes from ``split(split(key, steps // save_every)[c], save_every)[n]``.
+    comes from :func:`batch_key` ``(key, n)``, whatever ``save_every``: runs of different save intervals
+    (a Recorder, a lockstep comparison, a sweep member) see the same mini-batches.
 
     Example:
         >>> import jax, jax.numpy as jnp, optax
@@ -321,12 +328,12 @@ def run(engine: Engine, params: Sequence[PyTree], states: Sequence[PyTree], key:
 @eqx.filter_jit
 def _run(engine: Engine, params: tuple, states: tuple, key: PRNGKeyArray, steps: int, save_every: int,
          sharpness: Sharpness | None) -> Training:
-    chunk_keys = jax.random.split(key, steps // save_every)
-    es = engine.init(params, states, jax.random.split(chunk_keys[0], save_every)[0])
+    n_chunks = steps // save_every
+    es = engine.init(params, states, key)
     first = engine.save(es)
 
-    def chunk(es, key_c):
-        es = jax.lax.scan(lambda e, k: (engine.step(e, k), None), es, jax.random.split(key_c, save_every))[0]
+    def chunk(es, _):
+        es = jax.lax.scan(lambda e, _: (engine.step(e, key), None), es, None, length=save_every)[0]
         mean = es.loss_sum / save_every
         es = eqx.tree_at(lambda e: e.loss_sum, es, jnp.zeros_like(es.loss_sum))
         return es, (mean, engine.save(es))
@@ -336,26 +343,25 @@ def _run(engine: Engine, params: tuple, states: tuple, key: PRNGKeyArray, steps:
         # an outer scan over blocks of chunks (not a cond per chunk, which vmap would turn into computing
         # λ_max at every save point); the guard's batches come from keys of their own
         per = sharpness.every // save_every
-        blocks = chunk_keys.reshape((-1, per) + chunk_keys.shape[1:])
-        guard_keys = jax.random.split(jax.random.fold_in(key, _GUARD_STREAM), blocks.shape[0] + 1)
+        n_blocks = n_chunks // per
+        guard_keys = jax.random.split(jax.random.fold_in(key, _GUARD_STREAM), n_blocks + 1)
 
         def probe(es, gk):
             kb, kv = jax.random.split(gk)
             batch = engine.data.sample(kb)
             return _lambda_max(engine, es, batch, kv, sharpness)
 
-        def block(es, inp):
-            keys_b, gk = inp
+        def block(es, gk):
             lam = probe(es, gk)
-            es, outs = jax.lax.scan(chunk, es, keys_b)
+            es, outs = jax.lax.scan(chunk, es, None, length=per)
             return es, (lam, outs)
 
-        es, (lams, outs) = jax.lax.scan(block, es, (blocks, guard_keys[:-1]))
+        es, (lams, outs) = jax.lax.scan(block, es, guard_keys[:-1])
         means, saves = jax.tree.map(lambda a: a.reshape((a.shape[0] * a.shape[1],) + a.shape[2:]), outs)
         lams = jnp.concatenate([lams, probe(es, guard_keys[-1])[None]])
         sharp_step = jnp.arange(0, steps + 1, sharpness.every)
     else:
-        es, (means, saves) = jax.lax.scan(chunk, es, chunk_keys)
+        es, (means, saves) = jax.lax.scan(chunk, es, None, length=n_chunks)
         lams, sharp_step = jnp.zeros((0,), dtype), jnp.zeros((0,), jnp.int32)
     saved = jax.tree.map(lambda a0, a: jnp.concatenate([jnp.asarray(a0)[None], a], axis=0), first, saves)
     loss = jnp.concatenate([jnp.full((1, engine.n_runs), jnp.nan, dtype), means], axis=0).T

@@ -30,7 +30,7 @@ from .._tree import cast_floats, float_dtype, is_concrete, tree_finite
 from ..models import as_model, cross_entropy
 from ..rules import AbstractRule, Hyper, check_optimizer, resolve
 from ..symmetry import KINDS, MaskedSymmetry, Symmetries, gradient_residuals, group_names, pair
-from ._engine import Batches, Engine, Hook, Sharpness, Start, Step, run
+from ._engine import Batches, Engine, Hook, Sharpness, Start, Step, batch_key, run
 from ._guard import STATUS, StabilityGuard
 
 #: a given symmetry whose relative gradient constraint exceeds this at the first batch is refused
@@ -369,8 +369,7 @@ def _loss_fn(rec: Recorder):
 
 @eqx.filter_jit
 def _first_residuals(rec: Recorder, params, state, key):
-    batch = _batches(rec, params).sample(
-        jax.random.split(jax.random.split(key, rec.steps // rec.save_every)[0], rec.save_every)[0])
+    batch = _batches(rec, params).sample(batch_key(key, 0))
     g = jax.grad(lambda p: _loss_fn(rec)(p, state, batch)[0])(params)
     return {k: gradient_residuals(s, params, g) for k, s in rec.symmetries.items()}
 
