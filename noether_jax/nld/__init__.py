@@ -21,6 +21,7 @@ d r⁴/dt = −(4k/μ) r⁴ + (2η(1+β)/μ) r²|θ̇|² reduces to eq. 17 for a
 both regimes; its RMSProp counterpart accumulates the momentum buffer (``accumulate="momentum"``).
 """
 
+from ._companion import RMSPropCompanion
 from ._compare import Comparison, RMSPropMatch, cnn_scale_symmetry, compare_rmsprop, constrain_norm, rmsprop_match
 from ._eq17 import effective_learning_rate, eq17_errors, predict_r4_velocity
 from ._lockstep import GroupTrack, Track, lockstep
@@ -39,6 +40,7 @@ __all__ = [
     "Comparison",
     "GroupRMSState",
     "GroupTrack",
+    "RMSPropCompanion",
     "RMSPropMapping",
     "RMSPropMatch",
     "Track",

@@ -82,11 +82,13 @@ def rmsprop_mapping(
     """
     if accumulate not in ("gradient", "momentum"):
         raise ValueError(f"`accumulate` must be 'gradient' or 'momentum', got {accumulate!r}.")
-    lr, beta, k = (jnp.asarray(v, jnp.result_type(float)) for v in (lr, momentum, weight_decay))
+    r0_sq = jnp.asarray(r0_sq)
+    dtype = r0_sq.dtype if jnp.issubdtype(r0_sq.dtype, jnp.floating) else jnp.result_type(float)  # the groups' precision
+    lr, beta, k = (jnp.asarray(v).astype(dtype) for v in (lr, momentum, weight_decay))
     mu = 1.0 - beta
     decay = jnp.exp(-4.0 * lr * k / mu)
     gain = 2.0 * lr**2 * (1.0 + beta) / (mu**3 if accumulate == "gradient" else mu)
-    r0_sq = jnp.asarray(r0_sq, lr.dtype)
+    r0_sq = r0_sq.astype(dtype)
     return RMSPropMapping(lr, decay, gain, r0_sq**2, beta, accumulate)
 
 

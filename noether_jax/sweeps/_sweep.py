@@ -5,10 +5,12 @@ from __future__ import annotations
 import json
 import os
 import time
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import jax
+import jax.extend.core
 import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
@@ -52,6 +54,10 @@ def sweep(
     init_scale_on: str = "all",
     floor: float = 1e-3,
     dtype: str = "float32",
+    noether: bool = False,
+    rmsprop: bool = False,
+    sharpness_every: int = 0,
+    flow: str | None = None,
     on_chunk: Callable[[int, int], None] | None = None,
 ) -> xr.Dataset:
     """Train and record a whole grid of configurations as one compiled, sharded program.
@@ -94,6 +100,24 @@ def sweep(
             ``nj.rules.sgd``), or a factory ``Hyper -> optax.GradientTransformation`` (measured only).
             An optax transformation as it is cannot be swept and is refused.
         floor: the error metric's floor (:func:`noether_jax.theory.relative_error`), per member and kind.
+        noether: also record, per member and kind, kinetic symmetry breaking ``ksb_<kind>`` (the median over
+            groups of the time average over the save points of |δ_gK| / 2K: exactly 0 for translation under
+            SGD and heavy ball, > 0 for scale and rescale) and the charge budget integrated over the run,
+            ``budget_<part>_<kind>`` per group (parts: dissipation, kinetic_asymmetry, metric, potential).
+        rmsprop: train every member's mapped group RMSProp on the unit sphere in lockstep with it, on the same
+            mini-batches (:class:`noether_jax.nld.RMSPropCompanion`; needs scale groups): ``rmsprop_angle_max``
+            (the worst angle, in degrees, between the two runs' group directions) and ``rmsprop_lr_eff_error``
+            (the worst relative error of lr/√G against η/r²).
+        sharpness_every: estimate λ_max every this many steps (a multiple of ``save_every`` dividing ``steps``;
+            0: off): ``sharpness_max`` (the largest η·λ_max) and ``edge_of_stability`` (1 where η·λ_max passed
+            the rule's threshold 2(1+β), 0 where not, NaN where unknown); such members get status 4.
+        flow: ``"modified"`` or ``"gradient"``: integrate every member's continuous model (the modified flow,
+            or gradient flow, of the full-batch loss, from the rule's initial velocity) with diffrax inside the
+            same program, with a fixed step η/4 (ReLU networks are only piecewise smooth, and an adaptive
+            solver crawls at every kink), and record ``flow_distance`` = |θ_flow(nη) − θₙ| / |θₙ| at the save
+            points. Full-batch members only (``batch_size`` = the training-set size): a mini-batch run's
+            continuous model is the SDE of :mod:`noether_jax.stochastic`. Use a smooth model (e.g.
+            ``"mlp_tanh"``); a ReLU model is warned about.
         dtype: the precision of every member: ``"float32"`` (the default: sweeps are about throughput) or
             ``"float64"`` (needs ``nj.enable_x64()``). The model's parameters and state, the data and the
             hyperparameters are cast to it (``attrs["dtype"]`` says which).
@@ -195,15 +219,67 @@ def _plan(model: Any, args: dict) -> _Plan:
     syms = default_symmetries(args["symmetries"], net, p0, s0, data)
     if args["init_scale_on"] == "scale" and "scale" not in syms:
         raise ValueError("`init_scale_on='scale'` needs scale groups, but the model has none; use init_scale_on='all'.")
+    _check_physics(args, syms, members, data, net, p0, s0)
     return _Plan(name=name, net=net, params=params_by_seed, state=state_by_seed, seeds=seeds, syms=syms, data=data,
                  members=members, values=vals, cartesian=args["grid"] is True, steps=steps, save_every=save_every,
                  optimizer=optimizer, width=args["width"], init_scale_on=args["init_scale_on"], floor=float(args["floor"]),
-                 dtype=dtype)
+                 dtype=dtype, noether=bool(args["noether"]), rmsprop=bool(args["rmsprop"]),
+                 sharpness_every=int(args["sharpness_every"]), flow=args["flow"])
 
 
-def _int_arg(name: str, value: Any) -> int:
+def _recorder(plan: _Plan, batch_size: int) -> Recorder:
+    from ..nld import RMSPropCompanion
+
+    companions = (RMSPropCompanion(plan.syms["scale"]),) if plan.rmsprop else ()
+    return Recorder(plan.net, plan.syms, plan.data.x_train, plan.data.y_train, batch_size=batch_size, steps=plan.steps,
+                    save_every=plan.save_every, optimizer=plan.optimizer, noether=plan.noether, companions=companions,
+                    sharpness_every=plan.sharpness_every, save_params=plan.flow is not None)
+
+
+def _check_physics(args: dict, syms: dict, members: list, data, net, params, state) -> None:
+    """Refuse, before any work, options the sweep cannot honour (naming the argument and the fix)."""
+    every = _int_arg("sharpness_every", args["sharpness_every"], minimum=0)
+    if every and (every % args["save_every"] or args["steps"] % every):
+        raise ValueError(f"invalid `sharpness_every` value {every}: it must be a multiple of `save_every` ({args['save_every']}) "
+                         f"that divides `steps` ({args['steps']}).")
+    if args["rmsprop"] and ("scale" not in syms or isinstance(syms["scale"], tuple)):
+        raise ValueError("`rmsprop=True` needs the model's scale groups (one Scale symmetry, e.g. a BatchNorm CNN); "
+                         "this model has none.")
+    flow = args["flow"]
+    if flow is None:
+        return
+    if flow not in ("modified", "gradient"):
+        raise ValueError(f"`flow` must be 'modified', 'gradient' or None, got {flow!r}.")
+    n = int(data.x_train.shape[0])
+    small = sorted({m["batch_size"] for m in members if m["batch_size"] < n})
+    if small:
+        raise ValueError(f"`flow` needs full-batch members (batch_size = {n}), but batch sizes {small} draw mini-batches: "
+                         "the continuous model of mini-batch SGD is the SDE of noether_jax.stochastic (SGDSDE, sde_ensemble).")
+    if _piecewise(net, params, state, data.x_train[:2]):
+        warnings.warn("noether_jax sweep: this model has kinks (ReLU/max/abs), so its flow is only piecewise smooth and "
+                      "flow_distance carries the solver's error at the kinks too; a smooth model (e.g. 'mlp_tanh') gives a "
+                      "clean order in η.", stacklevel=4)
+
+
+def _piecewise(net, params, state, x) -> bool:
+    """True when the forward pass uses a piecewise-linear primitive (max, min, abs, sign)."""
+    jaxpr = jax.make_jaxpr(lambda p: net(p, state, x, train=True)[0])(params)
+
+    def walk(jp) -> bool:
+        for eqn in jp.eqns:
+            if eqn.primitive.name in ("max", "min", "abs", "sign"):
+                return True
+            for sub in jax.extend.core.jaxprs_in_params(eqn.params):
+                if walk(sub):
+                    return True
+        return False
+
+    return walk(jaxpr.jaxpr)
+
+
+def _int_arg(name: str, value: Any, minimum: int = 1) -> int:
     try:
-        return _validate.integer(name, value)
+        return _validate.integer(name, value, minimum=minimum)
     except (TypeError, ValueError) as e:
         raise type(e)(f"invalid `{name}` value {value!r}: {e} Nothing was run.") from None
 
@@ -217,6 +293,7 @@ def _config(plan: _Plan, chunk_of: dict) -> dict:
         "init": fingerprint((plan.params, plan.state)),
         "symmetries": fingerprint(plan.syms) + str(jax.tree.structure(plan.syms)), "init_scale_on": plan.init_scale_on,
         "floor": plan.floor, "dtype": str(plan.dtype),
+        "physics": [plan.noether, plan.rmsprop, plan.sharpness_every, plan.flow],
         "optimizer": "sgd" if plan.optimizer is None else f"{type(plan.optimizer).__name__}:{fingerprint(plan.optimizer)}",
     }
 
@@ -244,8 +321,7 @@ def _execute(plan: _Plan, *, devices, chunk_size, store, progress, on_chunk) -> 
     done = 0
     for g, (b, idx) in enumerate(zip(batch_sizes, groups, strict=True)):
         chunk = chunk_of[b]
-        rec = Recorder(plan.net, plan.syms, plan.data.x_train, plan.data.y_train, batch_size=b, steps=plan.steps,
-                       save_every=plan.save_every, optimizer=plan.optimizer)
+        rec = _recorder(plan, b)
         exe = dynamic = None
         for c, start in enumerate(range(0, len(idx), chunk)):
             ids = np.asarray(idx[start : start + chunk])
@@ -256,7 +332,7 @@ def _execute(plan: _Plan, *, devices, chunk_size, store, progress, on_chunk) -> 
                 if exe is None:
                     bar.set_description(f"compiling (batch size {b})")
                     exe, dynamic, dt, dx = compiled(rec, shared_host, chunk, mesh, scale_only=plan.init_scale_on == "scale",
-                                                    floor=plan.floor, dtype=fdt)
+                                                    floor=plan.floor, dtype=fdt, flow=plan.flow)
                     t["compile"] += dt
                     t["xla"] += dx
                     dynamic = jax.tree.map(lambda a: put(a, repl), dynamic)
@@ -323,13 +399,15 @@ def _assemble(results, members, values, cartesian: bool, syms, steps: int, save_
     ds = xr.Dataset(coords=coords)
 
     def dims_of(k):
-        if k == "loss":
+        if k in ("loss", "flow_distance"):
             return ["time"]
         if k == "nld_r4":
             return ["time", "scale_group"]
         for kind in syms:
             if k in (f"measured_{kind}", f"theory_{kind}", f"identity_{kind}"):
                 return ["time", f"{kind}_group"]
+            if k.startswith("budget_") and k.endswith(f"_{kind}"):
+                return [f"{kind}_group"]
         return []
 
     for k, v in stacked.items():

@@ -22,17 +22,21 @@ from ._engine import (
     run,
 )
 from ._guard import STATUS, StabilityGuard, edge_of_stability, lambda_max, stability_guard
-from ._recorder import SYMMETRY_TOL, Conservation, Record, Recorder
+from ._hooks import BUDGET_PARTS, Companion, Conservation, NoetherHook
+from ._recorder import SYMMETRY_TOL, Record, Recorder
 
 __all__ = [
+    "BUDGET_PARTS",
     "STATUS",
     "SYMMETRY_TOL",
     "Batches",
+    "Companion",
     "Conservation",
     "Engine",
     "EngineState",
     "Hook",
     "LastStep",
+    "NoetherHook",
     "Record",
     "Recorder",
     "SaveParams",

@@ -30,59 +30,12 @@ from .._tree import cast_floats, float_dtype, is_concrete, tree_finite
 from ..models import as_model, cross_entropy
 from ..rules import AbstractRule, Hyper, check_optimizer, resolve
 from ..symmetry import KINDS, MaskedSymmetry, Symmetries, gradient_residuals, group_names, pair
-from ._engine import Batches, Engine, Hook, Sharpness, Start, Step, batch_key, run
+from ._engine import Batches, Engine, SaveParams, Sharpness, batch_key, run
 from ._guard import STATUS, StabilityGuard
+from ._hooks import BUDGET_PARTS, Companion, Conservation, NoetherHook
 
 #: a given symmetry whose relative gradient constraint exceeds this at the first batch is refused
 SYMMETRY_TOL = 1e-3
-
-
-class Conservation(Hook):
-    """The Recorder's hook: per group X, the rule's laws fed the step's forcing, and |g_𝒜|²."""
-
-    symmetries: dict
-    laws: dict
-    nld: dict
-    rule: AbstractRule | None
-    lr: Array
-
-    def _measure(self, p):
-        return {k: pair(s, p, p) for k, s in self.symmetries.items()}
-
-    def init(self, start: Start):
-        p, g = start.params[0], start.grads[0]
-        x0 = self._measure(p)
-        if self.rule is not None and (any(self.laws.values()) or self.nld):
-            v0 = cast_floats(self.rule.initial_velocity(p, g), float_dtype(p))
-            rate0 = {k: jax.jvp(lambda q, s=s: pair(s, q, q), (p,), (v0,))[1] for k, s in self.symmetries.items()}
-        else:
-            rate0 = {k: jnp.zeros_like(v) for k, v in x0.items()}
-        laws = {k: {n: law.init(x0[k], rate0[k]) for n, law in self.laws[k].items()} for k in self.symmetries}
-        nld = {n: law.init(x0["scale"], rate0["scale"]) for n, law in self.nld.items()} if "scale" in x0 else {}
-        residual = {k: jnp.max(gradient_residuals(s, p, g), initial=0.0) for k, s in self.symmetries.items()}
-        return {"laws": laws, "nld": nld, "grad_sq": {k: jnp.full_like(v, jnp.nan) for k, v in x0.items()},
-                "residual": residual}
-
-    def step(self, state, info: Step):
-        p, p_new, g = info.params[0], info.new_params[0], info.grads[0]
-        vel = jax.tree.map(lambda a, b: (a - b) / self.lr.astype(a.dtype), p_new, p)
-        forcing = {k: theory.Forcing(pair(s, p, p), pair(s, g, g), pair(s, vel, vel)) for k, s in self.symmetries.items()}
-        laws = {k: {n: law.update(state["laws"][k][n], forcing[k]) for n, law in self.laws[k].items()} for k in self.symmetries}
-        nld = {n: law.update(state["nld"][n], forcing["scale"]) for n, law in self.nld.items()}
-        return {"laws": laws, "nld": nld, "grad_sq": {k: f.grad_sq for k, f in forcing.items()}, "residual": state["residual"]}
-
-    def save(self, state, snap):
-        x = self._measure(snap.params[0])
-
-        def law_value(k, name):
-            law = self.laws[k].get(name)
-            return law.value(state["laws"][k][name]) if law is not None else jnp.full_like(x[k], jnp.nan)
-
-        fdt = jnp.result_type(float)
-        nld = {n: law.value(state["nld"][n]) for n, law in self.nld.items()}
-        return {"measured": x, "theory": {k: law_value(k, "theory") for k in x}, "identity": {k: law_value(k, "identity") for k in x},
-                "grad_sq": state["grad_sq"], "nld": nld, "residual": state["residual"],
-                "no_scale": jnp.zeros((0,), fdt)}
 
 
 class Record(eqx.Module):
@@ -102,6 +55,12 @@ class Record(eqx.Module):
         hyper_valid: False when a hyperparameter of this run (possibly traced) was outside its domain.
         symmetry_residual: kind → the largest relative gradient constraint of its groups at the first batch.
         lr: η of the run (t = nη; NaN for a bare optax transformation).
+        ksb: kind → (S, G) kinetic symmetry breaking |δ_gK| / 2K at the save points (``noether=True``; NaN at
+            step 0; empty otherwise); see :class:`noether_jax.training.NoetherHook`.
+        budget: kind → part → (G,) the charge budget's parts (dissipation, kinetic_asymmetry, metric,
+            potential) integrated over the run as a Riemann sum over the save points (``noether=True``).
+        companions: name → the save outputs of each companion run (e.g. the mapped RMSProp's angle to SGD).
+        params_series: the parameters at every save point (leading axis S) with ``save_params=True``, else None.
         law: what ``theory`` is, or why there is none.
         names: ((kind, group names), ...) for labels.
     """
@@ -119,6 +78,10 @@ class Record(eqx.Module):
     hyper_valid: Bool[Array, ""]
     symmetry_residual: dict[str, Float[Array, ""]]
     lr: Float[Array, ""]
+    ksb: dict[str, Float[Array, "S G"]]
+    budget: dict[str, dict[str, Float[Array, " G"]]]
+    companions: dict[str, Any]
+    params_series: PyTree
     law: str = eqx.field(static=True, default="")
     names: tuple = eqx.field(static=True, default=())
 
@@ -213,6 +176,11 @@ class Recorder(eqx.Module):
             last; a multiple of ``save_every`` dividing ``steps``; 0 (default): off.
         check_symmetries: refuse, at a concrete :meth:`run`, a symmetry whose gradient constraint fails
             at the first batch (relative residual above 1e-3): it is not a symmetry of this loss.
+        noether: also record kinetic symmetry breaking and the charge budget at the save points
+            (:class:`NoetherHook`; ``Record.ksb``, ``Record.budget``).
+        companions: optimisers trained in lockstep with this run on the same mini-batches (e.g.
+            ``nj.nld.RMSPropCompanion``: SGD's mapped RMSProp on the unit sphere); ``Record.companions``.
+        save_params: keep the parameters at every save point (``Record.params_series``).
 
     Example:
         >>> import jax, noether_jax as nj
@@ -243,6 +211,9 @@ class Recorder(eqx.Module):
     sharpness_every: int = eqx.field(static=True, default=0)
     sharpness_iters: int = eqx.field(static=True, default=20)
     check_symmetries: bool = eqx.field(static=True, default=True)
+    noether: bool = eqx.field(static=True, default=False)
+    companions: tuple = ()
+    save_params: bool = eqx.field(static=True, default=False)
 
     def __init__(
         self,
@@ -261,6 +232,9 @@ class Recorder(eqx.Module):
         sharpness_every: int = 0,
         sharpness_iters: int = 20,
         check_symmetries: bool = True,
+        noether: bool = False,
+        companions: tuple[Companion, ...] = (),
+        save_params: bool = False,
     ):
         check_optimizer(optimizer)
         self.symmetries = _check_symmetries(symmetries)
@@ -286,6 +260,14 @@ class Recorder(eqx.Module):
                              f"`steps` ({self.steps}), got {sharpness_every}.")
         self.sharpness_every, self.sharpness_iters = every, _validate.integer("sharpness_iters", sharpness_iters)
         self.check_symmetries = bool(check_symmetries)
+        self.noether, self.save_params = bool(noether), bool(save_params)
+        self.companions = tuple(companions)
+        for c in self.companions:
+            if not isinstance(c, Companion):
+                raise TypeError(f"`companions` must hold nj.training.Companion objects, got {type(c).__name__}.")
+        if (self.noether or self.companions) and self.transform is not None:
+            raise ValueError("`noether` and `companions` need a learning rule (its kinetic term and hyperparameters); "
+                             "pass optimizer=nj.rules.sgd(...) or another rule, not an optax transformation or a factory.")
 
     @property
     def num_saves(self) -> int:
@@ -397,19 +379,37 @@ def _run(rec: Recorder, params, state, hyper, key) -> Record:
     opt = resolved.transformation if rule is None else rule.optimizer()
     laws = {k: ({} if rule is None else rule.laws(k)) for k in rec.symmetries}
     nld = rule.nld_laws() if rule is not None and "scale" in rec.symmetries else {}
-    lr = rule.lr if rule is not None and hasattr(rule, "lr") else jnp.asarray(jnp.nan, dtype)
-    hook = Conservation(rec.symmetries, laws, nld, rule, jnp.asarray(lr, dtype))
-    engine = Engine(_loss_fn(rec), [opt], _batches(rec, params), post_updates=[rec.post_update],
-                    hooks={"laws": hook}, divergence_factor=rec.divergence_factor)
+    lr = jnp.asarray(rule.lr if rule is not None and hasattr(rule, "lr") else jnp.nan, dtype)
+    hooks = {"laws": Conservation(rec.symmetries, laws, nld, rule, lr)}
+    if rec.noether:
+        hooks["noether"] = NoetherHook(rec.symmetries, rule, lr)
+    if rec.save_params:
+        hooks["params"] = SaveParams()
+    runs = [(params, opt, rec.post_update)]
+    for i, c in enumerate(rec.companions):
+        p_c, o_c = c.start(rule, params)
+        runs.append((p_c, o_c, None))
+        hooks[f"companion:{c.name}"] = c.hook(rule, params, run=i + 1)
+    engine = Engine(_loss_fn(rec), [r[1] for r in runs], _batches(rec, params), post_updates=[r[2] for r in runs],
+                    hooks=hooks, divergence_factor=rec.divergence_factor)
     sharp = Sharpness(rec.sharpness_every, rec.sharpness_iters, None if rule is None else rule.edge()) \
         if rec.sharpness_every else None
-    out = run(engine, [params], [state], key, steps=rec.steps, save_every=rec.save_every, sharpness=sharp)
+    out = run(engine, [r[0] for r in runs], [state] * len(runs), key, steps=rec.steps, save_every=rec.save_every,
+              sharpness=sharp)
     s = out.saved["laws"]
     r4 = s["nld"].get("eq17", s["no_scale"]) if "scale" in rec.symmetries else s["no_scale"]
     valid = jnp.asarray(True) if rule is None else jnp.all(rule.valid())
+    ksb, budget = {}, {}
+    if rec.noether:
+        dt = rec.save_every * lr
+        for k, v in out.saved["noether"].items():
+            ksb[k] = v["ksb"]
+            budget[k] = {part: jnp.sum(v[part][1:], axis=0) * dt for part in BUDGET_PARTS}
+    companions = {c.name: out.saved[f"companion:{c.name}"] for c in rec.companions}
     return Record(
         step=out.step, loss=out.loss[0], measured=s["measured"], theory=s["theory"], identity=s["identity"], nld_r4=r4,
         grad_sq=s["grad_sq"], params=out.params[0], state=out.states[0], guard=out.guard, hyper_valid=valid,
-        symmetry_residual={k: v[0] for k, v in s["residual"].items()}, lr=jnp.asarray(lr, dtype), law=resolved.label,
+        symmetry_residual={k: v[0] for k, v in s["residual"].items()}, lr=lr, ksb=ksb, budget=budget,
+        companions=companions, params_series=out.saved.get("params"), law=resolved.label,
         names=tuple((k, tuple(v)) for k, v in rec.names().items()),
     )
