@@ -91,6 +91,27 @@ def run_case(a, n: int) -> dict:
     q_nj, v_nj = np.asarray(tr.q[-1]), np.asarray(tr.v[-1])
     nj_steps = int(tr.stats["num_steps"])
 
+    # --- the same diffrax solve on the (q, v) tuple state, jitted directly (simulate's layout before it
+    # ravelled its state into one vector): separates the state layout from simulate's per-call overhead
+    ctrl = diffrax.PIDController(rtol=a.rtol, atol=a.atol)
+    el = nj.euler_lagrange(lag)
+
+    @jax.jit
+    def tuple_solve(q0_, v0_):
+        sol = diffrax.diffeqsolve(diffrax.ODETerm(el), solver_cls(), 0.0, a.t1, None, (q0_, v0_), None,
+                                  stepsize_controller=ctrl, max_steps=200_000, saveat=diffrax.SaveAt(t1=True))
+        return sol.ys, sol.stats["num_steps"]
+
+    jax.block_until_ready(tuple_solve(q0j, v0j))
+    tuple_times = []
+    for _ in range(a.repeats):
+        t = time.perf_counter()
+        (_, tuple_steps) = jax.block_until_ready(tuple_solve(q0j, v0j))
+        tuple_times.append(time.perf_counter() - t)
+    t = time.perf_counter()
+    nj.simulate(lag, q0j, v0j, t1=1e-6, solver=solver_cls(), rtol=a.rtol, atol=a.atol, max_steps=200_000).q.block_until_ready()
+    one_step = time.perf_counter() - t  # a one-step solve: simulate's fixed per-call cost
+
     # --- scipy.solve_ivp -------------------------------------------------------------------------
     def rhs_numpy(t, y_):  # hand-written NumPy: the same equation, no JAX
         q, v = y_[:d], y_[d:]
@@ -134,6 +155,8 @@ def run_case(a, n: int) -> dict:
         "n": n, "loss": [float(loss(q0j)), float(loss(jnp.asarray(q_ref)))], "moved": float(np.max(np.abs(q_ref - q0))),
         "nj": {"compile_s": first - nj_run, "first_call_s": first, "run_s": nj_run, "steps": nj_steps,
                "rejected": int(tr.stats["num_rejected_steps"])},
+        "tuple_state": {"run_s": statistics.median(tuple_times), "steps": int(tuple_steps)},
+        "one_step_call_s": one_step,
         "scipy": {k: {kk: vv for kk, vv in v.items() if kk != "y"} for k, v in scipy_out.items()},
         "speedup_vs_scipy_numpy": scipy_out["numpy"]["run_s"] / nj_run,
         "speedup_vs_scipy_jax": scipy_out["jax-jit"]["run_s"] / nj_run,
@@ -179,12 +202,15 @@ def main(argv=None):
     for c in cases:
         nj_ = c["nj"]
         rows = [(f"nj.simulate ({dname})", f"{nj_['compile_s']:.2f} s", nj_["run_s"], str(nj_["steps"]), nj_["steps"])]
+        tu = c["tuple_state"]
+        rows.append((f"diffrax {dname}, (q, v) tuple, jit", "—", tu["run_s"], str(tu["steps"]), tu["steps"]))
         for label in ("numpy", "jax-jit"):
             s = c["scipy"][label]
             rows.append((f"solve_ivp {sname}, {label} RHS", "—", s["run_s"], f"~{s['steps_est']}", s["steps_est"]))
         for name, comp, run, steps, ns in rows:
             print(f"{c['n']:>4} | {name:<30} | {comp:>8} | {run * 1e3:>6.1f} ms | {steps:>6} | {run / ns * 1e6:>7.1f} | "
                   f"{nj_['run_s'] and run / nj_['run_s']:>7.2f}x")
+        print(f"{'':>4} | a one-step nj.simulate call (fixed cost): {c['one_step_call_s'] * 1e3:.2f} ms")
         print(f"{'':>4} | loss {c['loss'][0]:.4f} → {c['loss'][1]:.4f}, max|q(t1) − q0| {c['moved']:.3f}; final state, max abs: "
               + ", ".join(f"{k} {v:.1e}" for k, v in c["max_abs_diff"].items()))
     print("(speed-up = that row's run time / nj.simulate's run time, i.e. how much faster nj.simulate is; "

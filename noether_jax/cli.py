@@ -216,6 +216,10 @@ def sweep(
     data: Annotated[str, _opt("digits, teacher_student, or a .npz/.csv file")] = "digits",
     out: Out = Path("runs/sweep"),
     progress: Annotated[bool, _opt("progress bar over compilation and chunks")] = True,
+    noether: Annotated[bool, _opt("record kinetic symmetry breaking and the charge budget per member and kind")] = False,
+    rmsprop: Annotated[bool, _opt("train each member's mapped group RMSProp in lockstep (needs scale groups)")] = False,
+    sharpness_every: Annotated[int, _opt("estimate η·λ_max every this many steps (0: off; a multiple of --save-every)")] = 0,
+    flow: Annotated[str, _opt("integrate each member's continuous model: modified, gradient, or none (full batch only)")] = "none",
 ) -> None:
     """Sweep a grid; resumable (run it again with the same options to finish a killed sweep)."""
     from . import plots
@@ -238,7 +242,8 @@ def sweep(
     out = _out_dir(out)
     try:
         ds = run_sweep(model_arg, seed=seeds, steps=steps, save_every=save_every, width=width, data=ds_data,
-                       chunk_size=chunk_size or None, store=out / "store", progress=progress, **grid)
+                       chunk_size=chunk_size or None, store=out / "store", progress=progress, noether=noether,
+                       rmsprop=rmsprop, sharpness_every=sharpness_every, flow=None if flow == "none" else flow, **grid)
     except (ValueError, TypeError) as e:
         raise BadInput(str(e)) from None
     atomic_write(out / "sweep.nc", bytes(ds.to_netcdf(None, engine="scipy")))

@@ -422,7 +422,30 @@ def _assemble(results, members, values, cartesian: bool, syms, steps: int, save_
     for kind in syms:
         ds[f"error_median_{kind}"].attrs["description"] = (f"median over {kind} groups of max_t |theory - measured| / "
                                                            "max(|measured|, floor · median group scale)")
+    for var in ds.data_vars:
+        for prefix, text in _DESCRIPTIONS.items():
+            if var == prefix or (prefix.endswith("_") and var.startswith(prefix)):
+                ds[var].attrs.setdefault("description", text.format(kind=var.rsplit("_", 1)[-1]))
     return ds
+
+
+# what each optional variable means (the sweep's ``noether``, ``rmsprop``, ``sharpness_every`` and ``flow`` options)
+_DESCRIPTIONS = {
+    "ksb_": "kinetic symmetry breaking: median over {kind} groups of the time average over the save points of |δK| / 2K "
+            "at (θ, v) of the step before each save point (dimensionless; 0: the learning rule keeps the symmetry)",
+    "budget_dissipation_": "charge budget, dissipation part −∫ρQ̃ dt over the run, per {kind} group",
+    "budget_kinetic_asymmetry_": "charge budget, kinetic symmetry breaking part ∫δK dt over the run, per {kind} group",
+    "budget_metric_": "charge budget, non-Euclidean metric part over the run, per {kind} group (0 for a Euclidean kinetic energy)",
+    "budget_potential_": "charge budget, potential part −∫δV dt over the run (weight decay's breaking), per {kind} group",
+    "rmsprop_angle_max": "worst angle (degrees) between the SGD run's and its mapped group RMSProp's group directions, "
+                         "trained in lockstep on the same mini-batches",
+    "rmsprop_lr_eff_error": "worst relative error of the mapped RMSProp's lr/√G against SGD's effective step η/r²",
+    "sharpness_max": "largest η·λ_max over the sharpness estimates (λ_max: top Hessian eigenvalue of the mini-batch loss, Lanczos)",
+    "edge_of_stability": "1 where η·λ_max passed the rule's threshold 2(1+β), 0 where not, NaN where no threshold is known",
+    "eq17_error_median": ("median over scale groups of the relative error (max over the save points) of r² = √r⁴ "
+                          "from NLD eq. 17 (the paper's forcing) against the measured r² = |θ_𝒜|²"),
+    "flow_distance": "|θ_flow(t) − θₙ| / |θₙ| at the save points, t = nη: the discrete iterates against the continuous model",
+}
 
 
 def status_names(ds: xr.Dataset) -> xr.DataArray:
@@ -456,8 +479,9 @@ def sweep_summary(ds: xr.Dataset) -> dict:
         "status": {STATUS[c]: int((status == c).sum()) for c in STATUS},
         **{k: ds.attrs[k] for k in ("compile_time_s", "xla_compile_time_s", "run_time_s", "chunks_run", "chunks_loaded", "n_devices", "versions") if k in ds.attrs},
     }
-    for var in [v for v in ds.data_vars if v.startswith("error_") or v in ("final_loss", "test_accuracy")]:
-        vals = np.asarray(ds[var].values, float)
+    scalars = [v for v in ds.data_vars if v.startswith(("error_", "ksb_")) or v in ("final_loss", "test_accuracy")]
+    for var in scalars + [v for v in _DESCRIPTIONS if v in ds.data_vars and not v.endswith("_")]:
+        vals = np.asarray(ds[var].isel(time=-1).values if "time" in ds[var].dims else ds[var].values, float)
         summ[var] = {"median": float(np.nanmedian(vals)) if np.isfinite(vals).any() else None,
                      "max": float(np.nanmax(vals)) if np.isfinite(vals).any() else None}
     fl = ds["final_loss"]
