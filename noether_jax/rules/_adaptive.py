@@ -337,6 +337,43 @@ class AdaptiveFlow(AbstractDynamics):
     def vector_field(self) -> Callable:
         return _AdaptiveField(self)
 
+    def charge_terms(self, sym: Any, q: PyTree, aux: Any) -> dict[str, Array]:
+        """The budget of the Euclidean charge Q = ⟨θ̇, ξ⟩/c₁ along the flow, per group (Adam/AdamW, t > 0).
+
+        Q is the charge of the Euclidean rule (⟨θ̇, 𝟙⟩ for translation, ½ d|θ_𝒜|²/dt for scale), in the
+        units of the heavy-ball charge with mass 1/c₁. Differentiating θ̇ = −μ̂/P − λθ along the flow,
+
+            dQ/dt = −(c₁/w₁) Q                                   (dissipation)
+                    + ⟨θ̇, (∂ξ)θ̇⟩/c₁                              (kinetic asymmetry)
+                    − ⟨(P⁻¹ − 1) g, ξ⟩/w₁ + ⟨(Ṗ/P) u, ξ⟩/c₁      (non-Euclidean metric; u = μ̂/P)
+                    − ⟨g + λθ, ξ⟩/w₁ − λ⟨θ̇, ξ⟩/c₁              (potential and decoupled decay).
+
+        The metric term is what the preconditioner adds: for translation at λ = 0 it is −Σ_𝒜 gᵢ/(w₁Pᵢ) ≠ 0
+        although Σ_𝒜 gᵢ = 0, so ⟨θ_𝒜, 𝟙⟩ is not conserved. ``rate`` is computed independently, as the
+        derivative of Q along the flow's own vector field (a JVP).
+        """
+        rule = self.rule
+        if not isinstance(rule, Adam):
+            raise NotImplementedError(f"the charge budget is derived for Adam and AdamW, not {rule.name}.")
+        c1, lam = rule.damping, rule.decoupled_weight_decay
+        g = self.grad(q)
+        vel, aux_dot = self.field(q, aux)
+        p = rule.metric_diagonal(aux, g)
+        p_dot = jax.jvp(lambda a: rule.metric_diagonal(a, g), (aux,), (aux_dot,))[1]
+        u = jax.tree.map(lambda m, pi: m / pi, rule.moments(aux, g)[0], p)
+        w1 = aux.w_mu
+        charge = sym.pair(q, vel) / c1
+        rate = jax.jvp(lambda q_, a_: sym.pair(q_, rule.velocity(q_, a_, self.grad(q_))), (q, aux), (vel, aux_dot))[1] / c1
+        zero = jnp.zeros(sym.n_groups, charge.dtype)
+        asym = jax.grad(lambda al: sum(jnp.vdot(a, b) for a, b in zip(
+            jax.tree.leaves(vel), jax.tree.leaves(sym.lift(q, vel, al)[1]), strict=True)))(zero) / c1
+        tilt = jax.tree.map(lambda gi, pi: gi / pi - gi, g, p)
+        drift = jax.tree.map(lambda pd, pi, ui: pd / pi * ui, p_dot, p, u)
+        metric = -sym.pair(q, tilt) / w1 + sym.pair(q, drift) / c1
+        potential = -(sym.pair(q, g) + lam * sym.pair(q, q)) / w1 - lam * charge
+        return {"charge": charge, "rate": rate, "dissipation": -(c1 / w1) * charge, "kinetic_asymmetry": asym,
+                "metric": metric, "potential": potential}
+
 
 class _AdaptiveField(eqx.Module):
     flow: AdaptiveFlow
