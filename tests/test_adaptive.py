@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import functools
 
+import equinox as eqx
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -206,24 +208,25 @@ def symmetric_loss(p):
 P0 = {"t": jnp.asarray(_rng.normal(size=4)), "s": jnp.asarray(_rng.normal(size=3)),
       "a": jnp.asarray(_rng.normal(size=2)), "b": jnp.asarray(_rng.normal(size=2))}
 _F = {k: jnp.zeros(v.shape, bool) for k, v in P0.items()}
+_NONE = {k: -jnp.ones(v.shape, int) for k, v in P0.items()}
 SYMS = {
     "translation": nj.symmetry.Translation(_F | {"t": jnp.ones(4, bool)}),
     "scale": nj.symmetry.Scale(_F | {"s": jnp.ones(3, bool)}),
-    "rescale": nj.symmetry.Rescale(_F | {"a": jnp.ones(2, bool)}, _F | {"b": jnp.ones(2, bool)}),
+    "rescale": nj.symmetry.Rescale(_NONE | {"a": jnp.arange(2)}, _NONE | {"b": jnp.arange(2)}),  # one group per unit
 }
-SYMS["rescale"] = nj.symmetry.Rescale({k: -jnp.ones(v.shape, int) for k, v in P0.items()} | {"a": jnp.arange(2)},
-                                      {k: -jnp.ones(v.shape, int) for k, v in P0.items()} | {"b": jnp.arange(2)})
 
 
-@pytest.mark.parametrize("rule", [nj.rules.adam(lr=0.01, b2=0.99), nj.rules.adamw(lr=0.01, b2=0.99, decoupled_weight_decay=0.2)],
-                         ids=["adam", "adamw"])
+@pytest.mark.parametrize("rule", [
+    pytest.param(nj.rules.adam(lr=0.01, b2=0.99), id="adam"),
+    pytest.param(nj.rules.adamw(lr=0.01, b2=0.99, decoupled_weight_decay=0.2), id="adamw", marks=pytest.mark.slow)])
 def test_charge_budget_closes_along_the_flow(rule):
     """The parts of dQ/dt, each from its own formula, sum to the rate differentiated along the flow; the
     non-Euclidean-metric part is non-zero (for translation it is the whole breaking at λ = 0)."""
     flow = rule.flow(symmetric_loss)
     traj = nj.simulate(flow, P0, t1=0.3, ts=jnp.array([0.05, 0.3]), rtol=1e-8, atol=1e-10)
+    budget = eqx.filter_jit(nj.charge_budget)
     for kind, sym in SYMS.items():
-        b = nj.charge_budget(flow, sym, traj)
+        b = budget(flow, sym, traj)
         scale = np.max(np.abs([b.rate, b.dissipation, b.metric, b.kinetic_asymmetry, b.potential]))
         np.testing.assert_allclose(b.residual(), 0.0, atol=1e-9 * scale)
         assert np.min(np.abs(b.metric)) > 1e-6 * scale, kind
@@ -234,7 +237,6 @@ def test_charge_budget_closes_along_the_flow(rule):
 def test_translation_law_breaks_under_adam_but_its_noether_charge_holds():
     """Under discrete Adam at λ = 0, ⟨θ_𝒜, 𝟙⟩ drifts (SGD keeps it to rounding), the flow predicts the
     drift, and the Noether charge of Adam's metric kinetic term, ⟨μ_𝒜, 𝟙⟩, stays 0 exactly."""
-    sym = SYMS["translation"]
     rule = nj.rules.adam(lr=0.005, b2=0.99)
     n = 100
     def run(opt):
@@ -245,7 +247,7 @@ def test_translation_law_breaks_under_adam_but_its_noether_charge_holds():
         return jax.lax.scan(body, (P0, opt.init(P0)), None, length=n)[0]
     p_adam, s_adam = run(rule.optimizer())
     p_sgd, _ = run(optax.sgd(0.005))
-    x0 = float(sym.pair(P0, P0)[0]) if False else float(jnp.sum(P0["t"]))
+    x0 = float(jnp.sum(P0["t"]))
     drift = float(jnp.sum(p_adam["t"])) - x0
     assert abs(float(jnp.sum(p_sgd["t"])) - x0) < 1e-12
     assert abs(drift) > 1e-3
@@ -261,9 +263,10 @@ def test_ksb_of_adam_uses_its_accumulators():
     aux = rule.initial_state(P0, rule.optimizer().update(g, rule.optimizer().init(P0), P0)[1])
     v = jax.tree.map(lambda x: jnp.cos(x), P0)
     pre = rule.metric_diagonal(aux)
-    dk = nj.kinetic_symmetry_breaking(rule, SYMS["scale"], aux=aux)(P0, v)
+    dk = eqx.filter_jit(lambda r, s, a, q, w: nj.kinetic_symmetry_breaking(r, s, aux=a)(q, w))(rule, SYMS["scale"], aux, P0, v)
     np.testing.assert_allclose(dk, jnp.sum(pre["s"] * v["s"] ** 2) / rule.damping, rtol=1e-12)  # m Σ P v² on the group
-    assert not bool(nj.breaks_symmetry(rule, SYMS["translation"], P0, aux=aux).breaks[0])
-    assert bool(nj.breaks_symmetry(rule, SYMS["scale"], P0, aux=aux).breaks[0])
+    brk = eqx.filter_jit(lambda r, s, q, a: nj.breaks_symmetry(r, s, q, aux=a, n_samples=2).breaks)
+    assert not bool(brk(rule, SYMS["translation"], P0, aux)[0])
+    assert bool(brk(rule, SYMS["scale"], P0, aux)[0])
     with pytest.raises(ValueError, match="aux="):
         nj.kinetic_symmetry_breaking(rule, SYMS["scale"])
