@@ -270,3 +270,27 @@ def test_ksb_of_adam_uses_its_accumulators():
     assert bool(brk(rule, SYMS["scale"], P0, aux)[0])
     with pytest.raises(ValueError, match="aux="):
         nj.kinetic_symmetry_breaking(rule, SYMS["scale"])
+
+
+@pytest.mark.slow
+def test_recorder_runs_an_adaptive_rule_with_noether_and_guard():
+    """A Recorder with nj.rules.adam: no law, Noether quantities from Adam's metric (translation exactly
+    unbroken by the diagonal metric, rescale broken), and the guard on the preconditioned sharpness (at
+    step 0 from the first gradient, not the empty accumulators)."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from test_recorder import mlp_groups
+
+    d = nj.data.digits()
+    net, params, state = nj.models.functional(nj.models.make_model("mlp", width=8, key=1))
+    rec = nj.Recorder(net, mlp_groups(params), d.x_train, d.y_train, batch_size=16, steps=12, save_every=4,
+                      optimizer=nj.rules.adam(lr=0.01), noether=True, sharpness_every=12)
+    out = rec.run(params, state, None, jax.random.key(0))
+    assert "no closed-form law for adam" in out.law
+    assert np.all(np.asarray(out.ksb["translation"])[1:] == 0.0)
+    assert np.nanmin(np.asarray(out.ksb["rescale"])[1:]) > 0.0
+    g = out.guard.summary()
+    assert g["threshold"] == pytest.approx(38.0) and g["not_finite"] == 0 and g["flagged"] == 0
+    assert 0.0 < g["max_sharpness"] < 1.0

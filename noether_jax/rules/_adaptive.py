@@ -95,9 +95,7 @@ class AbstractAdaptive(AbstractRule):
         return Diagonal(jax.tree.map(lambda p: p / self.damping, self.metric_diagonal(aux)))
 
     def edge_of(self, threshold: Array, label: str) -> EdgeOfStability:
-        zero = jnp.zeros_like(self.lr)
-        return EdgeOfStability(self.lr, threshold, zero, lambda params, opt_state: self.metric_diagonal(
-            self.initial_state(params, opt_state)), label)
+        return EdgeOfStability(self.lr, threshold, jnp.zeros_like(self.lr), _Preconditioner(self), label)
 
     # implemented by each rule
     def initial_state(self, params: PyTree, opt_state: Any = None) -> Any:  # pragma: no cover - interface
@@ -115,6 +113,19 @@ class AbstractAdaptive(AbstractRule):
     @property
     def damping(self) -> Array:  # pragma: no cover - interface
         raise NotImplementedError
+
+
+class _Preconditioner:
+    """The guard's P = √ν̂ + ε of an adaptive rule from its optax state. A fresh state (no step yet) has no
+    ν̂: the first step will divide by |g| + ε, so the guard passes the batch gradient (``needs_grad``)."""
+
+    needs_grad = True
+
+    def __init__(self, rule: AbstractAdaptive):
+        self.rule = rule
+
+    def __call__(self, params: PyTree, opt_state: Any, grad: PyTree | None = None) -> PyTree:
+        return self.rule.metric_diagonal(self.rule.initial_state(params, opt_state), grad)
 
 
 class RMSProp(AbstractAdaptive):
@@ -169,7 +180,9 @@ class RMSProp(AbstractAdaptive):
         return RMSAccumulators(_tree_get(opt_state, "nu", "rmsprop"))
 
     def metric_diagonal(self, aux: RMSAccumulators, grad: PyTree | None = None) -> PyTree:
-        return jax.tree.map(lambda n: jnp.sqrt(n + self.eps), aux.nu)
+        """P = √(ν + ε); with ``grad``, the divisor of the step that gradient takes, √(ρν + (1−ρ)g² + ε)."""
+        nu = aux.nu if grad is None else jax.tree.map(lambda n, g: self.decay * n + (1 - self.decay) * g * g, aux.nu, grad)
+        return jax.tree.map(lambda n: jnp.sqrt(n + self.eps), nu)
 
     def velocity(self, params, aux, grad):
         return jax.tree.map(lambda g, p: -g / p, grad, self.metric_diagonal(aux))
