@@ -39,7 +39,7 @@ from ..nld import (
     predict_r4_velocity,
     rmsprop_match,
 )
-from ..rules import Hyper, heavy_ball, preconditioned, sgd
+from ..rules import Hyper, adam, adamw, heavy_ball, preconditioned, rmsprop, sgd
 from ..symmetry import MaskedSymmetry, breaks_symmetry, check_scale, kinetic_symmetry_breaking, normalise_groups, parts
 from ..training import Batches, Engine, LastStep, Recorder, run
 
@@ -333,42 +333,45 @@ class KSBRow:
 def ksb_report(
     net: Model, symmetries: dict[str, Any], x: Array, y: Array, params: PyTree, state: PyTree, key: PRNGKeyArray, *,
     lr: float = 0.1, momentum: float = 0.9, steps: int = 200, snapshots: int = 4, batch_size: int = 64, seed: int = 0,
+    adaptive_lr: float = 0.01,
 ) -> list[KSBRow]:
     """For every symmetry and every learning rule — SGD, heavy ball, diagonally preconditioned SGD (a
-    fixed random P ∈ [1, 2)) and Adam's metric (P = √v̂ + ε of an Adam run) — whether the rule breaks
-    it (at random velocities) and the measured δ_αK along a run: SGD's trajectory for the first three,
-    Adam's own for Adam's metric, at ``snapshots`` points (see :class:`KSBRow`)."""
+    fixed random P ∈ [1, 2)), and the adaptive rules Adam, AdamW and RMSProp (η = ``adaptive_lr``, their
+    metric K = ½θ̇ᵀ(P/c)θ̇ from their own accumulators, P = √ν̂ + ε) — whether the rule breaks it (at random
+    velocities) and the measured δ_αK along a run: SGD's trajectory for the first three, each adaptive
+    rule's own for it, at ``snapshots`` points (see :class:`KSBRow`)."""
     every = max(1, steps // snapshots)
-    delta_k = eqx.filter_jit(lambda rule, part, q, v: kinetic_symmetry_breaking(rule, part)(q, v))
-    two_kinetic = eqx.filter_jit(lambda rule, q, v: 2.0 * rule.kinetic()(q, v, 0.0))
-    breaks_at = eqx.filter_jit(lambda rule, part, q: breaks_symmetry(rule, part, q, n_samples=4).breaks)
-    rel_at = eqx.filter_jit(lambda rule, part, q: breaks_symmetry(rule, part, q, n_samples=4).relative)
+    delta_k = eqx.filter_jit(lambda kin, part, q, v: kinetic_symmetry_breaking(kin, part)(q, v))
+    two_kinetic = eqx.filter_jit(lambda kin, q, v: 2.0 * kin(q, v, 0.0))
+    breaks_at = eqx.filter_jit(lambda kin, part, q: breaks_symmetry(kin, part, q, n_samples=4))
     rng = np.random.default_rng(seed)
     pre = jax.tree.map(lambda a: jnp.asarray(1.0 + rng.uniform(size=np.shape(a)), jnp.result_type(a)), params)
-    traj = {}
-    for name, opt, adam in (("sgd", optax.sgd(lr), False), ("adam", optax.adam(lr), True)):
-        out = _snapshot_states(net, x, y, params, state, key, opt, lr=lr, steps=every * snapshots, every=every,
-                               batch_size=batch_size, adam=adam)
-        traj[name] = out
+    adaptive = {"adam": adam(lr=adaptive_lr), "adamw": adamw(lr=adaptive_lr), "rmsprop": rmsprop(lr=adaptive_lr)}
+    traj = {"sgd": _snapshot_states(net, x, y, params, state, key, optax.sgd(lr), lr=lr, steps=every * snapshots,
+                                    every=every, batch_size=batch_size)}
+    for name, rule in adaptive.items():
+        traj[name] = _snapshot_states(net, x, y, params, state, key, rule.optimizer(), lr=adaptive_lr,
+                                      steps=every * snapshots, every=every, batch_size=batch_size, rule=rule)
+    euclidean = {"sgd": sgd(lr=lr).kinetic(), "heavy_ball": heavy_ball(lr=lr, momentum=momentum).kinetic(),
+                 "preconditioned": preconditioned(pre, lr=lr).kinetic()}
     rows = []
     for kind, sym in symmetries.items():
-        for rule_name in ("sgd", "heavy_ball", "preconditioned", "adam_metric"):
-            qs, vs, ms = traj["adam" if rule_name == "adam_metric" else "sgd"]
+        for rule_name in (*euclidean, *adaptive):
+            qs, vs, auxs = traj[rule_name if rule_name in adaptive else "sgd"]
             abs_dk, rel_dk, brk, rel_rand = [], [], [], []
             for i in range(1, snapshots + 1):
-                q, v, metric = (jax.tree.map(lambda a, i=i: a[i], t) for t in (qs, vs, ms))
-                rule = {"sgd": lambda: sgd(lr=lr), "heavy_ball": lambda: heavy_ball(lr=lr, momentum=momentum),
-                        "preconditioned": lambda: preconditioned(pre, lr=lr),
-                        "adam_metric": lambda metric=metric: preconditioned(metric, lr=lr)}[rule_name]()
-                two_k = float(two_kinetic(rule, q, v))
+                q, v, aux = (jax.tree.map(lambda a, i=i: a[i], t) for t in (qs, vs, auxs))
+                kin = adaptive[rule_name].kinetic(aux) if rule_name in adaptive else euclidean[rule_name]
+                two_k = float(two_kinetic(kin, q, v))
                 for part in parts(sym):
-                    dk = np.asarray(delta_k(rule, part, q, v))
+                    dk = np.asarray(delta_k(kin, part, q, v))
                     abs_dk.append(np.abs(dk))
                     rel_dk.append(np.abs(dk) / two_k)
                 if i == snapshots:
                     for part in parts(sym):
-                        brk.append(np.asarray(breaks_at(rule, part, q)))
-                        rel_rand.append(np.asarray(rel_at(rule, part, q)))
+                        b = breaks_at(kin, part, q)
+                        brk.append(np.asarray(b.breaks))
+                        rel_rand.append(np.asarray(b.relative))
             abs_dk, rel_dk = np.concatenate(abs_dk), np.concatenate(rel_dk)
             brk, rel_rand = np.concatenate(brk), np.concatenate(rel_rand)
             rows.append(KSBRow(kind, rule_name, int(brk.size), float(np.mean(brk)), float(rel_rand.max()),
@@ -376,19 +379,18 @@ def ksb_report(
     return rows
 
 
-def _snapshot_states(net, x, y, params, state, key, opt, *, lr, steps, every, batch_size, adam):
-    """(params, velocity, metric) stacked over the save points of one engine run."""
+def _snapshot_states(net, x, y, params, state, key, opt, *, lr, steps, every, batch_size, rule=None):
+    """(params, velocity, accumulators of ``rule`` or the velocity again) stacked over the save points of one run."""
 
     def last(info):
         v = jax.tree.map(lambda a, b: (a - b) / lr, info.new_params[0], info.params[0])
-        if not adam:
+        if rule is None:
             return info.new_params[0], v, v
-        nu = optax.tree_utils.tree_get(info.opt_states[0], "nu")
-        count = optax.tree_utils.tree_get(info.opt_states[0], "count")
-        return info.new_params[0], v, jax.tree.map(lambda a: jnp.sqrt(a / (1 - 0.999**count)) + 1e-8, nu)
+        return info.new_params[0], v, rule.initial_state(info.new_params[0], info.opt_states[0])
 
     def like(start):
-        return start.params[0], start.params[0], start.params[0]
+        p = start.params[0]
+        return p, p, (p if rule is None else rule.initial_state(p, None))
 
     eng = Engine(_models.loss_fn(net), [opt], Batches(x, y, batch_size=batch_size), hooks={"last": LastStep(last, like)})
     out = eqx.filter_jit(run)(eng, [params], [state], key, steps=steps, save_every=every)
