@@ -239,6 +239,8 @@ class AdamNorm:
 
     ``cross_term_share_median``: the share of the neglected 2η(1−ηλ)⟨W, u⟩ in the final |W|²;
     ``equilibrium_r2_pred_median``: η|u|²/(λ(2−ηλ)) (AdamW only); ``angular_step_*``: η|u_⊥|/|W|.
+    ``momentum_law_*``: the law that keeps ⟨W, u⟩ through the moving average of the gradient
+    (``theory.adam_norm``), fed the same |u|² and fitted to nothing.
     """
 
     median_rel_error: float
@@ -252,6 +254,9 @@ class AdamNorm:
     r2: np.ndarray
     pred: np.ndarray
     angular_step: np.ndarray
+    momentum_law_median_rel_error: float = float("nan")
+    momentum_law_max_rel_error: float = float("nan")
+    momentum_law_pred: np.ndarray | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return _dict(self)
@@ -277,11 +282,8 @@ def adam_norm_check(
     """Adam and AdamW on normalised layers, in lockstep: the norm recursion scanned from |W₀|² with the
     runs' own updates u against the measured |W|² (see :class:`AdamNorm`)."""
     sym = check_scale(sym)
-    opts = {
-        "adam": (optax.adam(lr), 0.0),
-        "adamw": (optax.adamw(lr, weight_decay=weight_decay), weight_decay),
-        "adam_b1_0": (optax.adam(lr, b1=0.0), 0.0),
-    }
+    rules = {"adam": adam(lr=lr), "adamw": adamw(lr=lr, decoupled_weight_decay=weight_decay), "adam_b1_0": adam(lr=lr, b1=0.0)}
+    opts = {k: (r.optimizer(), float(getattr(r, "decoupled_weight_decay", 0.0))) for k, r in rules.items()}
     tr = eqx.filter_jit(lockstep)(net, sym, x, y, [(params, o, None) for o, _ in opts.values()], state, key, steps=steps,
                                   batch_size=batch_size)
     runs = {}
@@ -299,10 +301,14 @@ def adam_norm_check(
         u_perp = np.sqrt(np.maximum(u_sq - w_u**2 / r2[:-1], 0.0))
         ang_step = lr * u_perp / np.sqrt(r2[:-1])
         tail = max(1, u_sq.shape[0] // 10)
+        mom = np.asarray(theory.adam_norm(jnp.asarray(r2[0]), jnp.asarray(u_sq), lr=lr, b1=rules[name].b1,
+                                          decoupled_weight_decay=wd))
+        mom_err = np.max(np.abs(mom - r2) / r2, axis=0)
         runs[name] = AdamNorm(
             float(np.median(err)), float(err.max()), float(np.median(np.abs(cross) / r2[-1])), float(np.median(r2[-1] / r2[0])),
             float(np.median(lr * u_sq[-tail:].mean(0) / (wd * (2 - lr * wd)))) if wd > 0 else None, float(np.median(r2[-1])),
             float(np.median(ang_step[:tail])), float(np.median(ang_step[-tail:])), r2, pred, ang_step,
+            float(np.median(mom_err)), float(mom_err.max()), mom,
         )
     return AdamNormCheck(float(lr), float(weight_decay), runs)
 
