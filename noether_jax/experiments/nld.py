@@ -241,6 +241,10 @@ class AdamNorm:
     ``equilibrium_r2_pred_median``: η|u|²/(λ(2−ηλ)) (AdamW only); ``angular_step_*``: η|u_⊥|/|W|.
     ``momentum_law_*``: the law that keeps ⟨W, u⟩ through the moving average of the gradient
     (``theory.adam_norm``), fed the same |u|² and fitted to nothing.
+    ``angular_step_law_median_rel_error``: the angular step η|u_⊥|/|W| with |W| from that law against the
+    measured one (the 2-Adam picture: Adam's u does not scale with the gradient, so the effective angular
+    learning rate is η/|W|, not SGD's η/|W|²); ``angular_step_equilibrium``: AdamW's fixed point
+    √(ηλ(2−ηλ))·|u_⊥|/|u| over the last tenth (None for Adam, which has none).
     """
 
     median_rel_error: float
@@ -257,6 +261,8 @@ class AdamNorm:
     momentum_law_median_rel_error: float = float("nan")
     momentum_law_max_rel_error: float = float("nan")
     momentum_law_pred: np.ndarray | None = None
+    angular_step_law_median_rel_error: float = float("nan")
+    angular_step_equilibrium: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return _dict(self)
@@ -304,11 +310,15 @@ def adam_norm_check(
         mom = np.asarray(theory.adam_norm(jnp.asarray(r2[0]), jnp.asarray(u_sq), lr=lr, b1=rules[name].b1,
                                           decoupled_weight_decay=wd))
         mom_err = np.max(np.abs(mom - r2) / r2, axis=0)
+        ang_law = lr * u_perp / np.sqrt(mom[:-1])
+        ang_err = np.max(np.abs(ang_law - ang_step) / ang_step, axis=0)
+        eq = (float(np.median(np.sqrt(lr * wd * (2 - lr * wd)) * (u_perp / np.sqrt(u_sq))[-tail:].mean(0)))
+              if wd > 0 else None)
         runs[name] = AdamNorm(
             float(np.median(err)), float(err.max()), float(np.median(np.abs(cross) / r2[-1])), float(np.median(r2[-1] / r2[0])),
             float(np.median(lr * u_sq[-tail:].mean(0) / (wd * (2 - lr * wd)))) if wd > 0 else None, float(np.median(r2[-1])),
             float(np.median(ang_step[:tail])), float(np.median(ang_step[-tail:])), r2, pred, ang_step,
-            float(np.median(mom_err)), float(mom_err.max()), mom,
+            float(np.median(mom_err)), float(mom_err.max()), mom, float(np.median(ang_err)), eq,
         )
     return AdamNormCheck(float(lr), float(weight_decay), runs)
 
