@@ -27,6 +27,8 @@ from .. import models as _models
 from .. import theory
 from ..models import Model, cross_entropy
 from ..nld import (
+    FORCINGS,
+    FORMS,
     Accumulate,
     Comparison,
     Track,
@@ -36,6 +38,7 @@ from ..nld import (
     effective_learning_rate,
     eq17_errors,
     lockstep,
+    predict_eq17,
     predict_r4_velocity,
     rmsprop_match,
 )
@@ -62,6 +65,11 @@ class Eq17Score:
 
     ``forcing_ratio`` is μ²r²|θ̇|²/|ĝ|² averaged over the run: 1 for a slowly varying gradient, and
     (1−β)/(1+β) (``noise_limit_ratio``) for pure mini-batch noise averaged by momentum.
+
+    With the gradient's lag products recorded (``lockstep(..., lags=L)``), every forcing of
+    ``nld.FORCINGS`` in both forms of ``nld.FORMS``: ``forms[forcing][form]`` is its median error;
+    ``noise_aware``/``spectral``/``oscillator_median_rel_error`` name the noise-aware and geometric
+    forcings (Bernoulli form) and the oscillator fed the measured velocity. NaN without the lags.
     """
 
     n_groups: int
@@ -76,9 +84,34 @@ class Eq17Score:
     r2: np.ndarray
     r4: np.ndarray
     r4_velocity: np.ndarray
+    noise_aware_median_rel_error: float = float("nan")
+    spectral_median_rel_error: float = float("nan")
+    lags_median_rel_error: float = float("nan")
+    oscillator_median_rel_error: float = float("nan")
+    forms: dict[str, dict[str, float]] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return _dict(self)
+
+
+#: the gradient lags recorded for the lag-based forcings of eq. 17 (β¹⁶ = 0.19 at β = 0.9)
+EQ17_LAGS = 16
+
+
+def eq17_forms(tr: Track, k: int, *, lr: float, momentum: float, weight_decay: float) -> dict[str, dict[str, float]]:
+    """Median (over groups) relative error in r² of every eq.-17 forcing in both forms on run ``k``
+    (the lag-based forcings need ``tr.grad_lag``, which is run 0's)."""
+    r2 = jnp.asarray(tr.r2[k])
+    data = dict(grad_sq=tr.grad_sq[k], step_sq=tr.step_sq[k], grad_lag=tr.grad_lag if k == 0 else None)
+    out = {}
+    for forcing in FORCINGS:
+        if data["grad_lag"] is None and forcing in ("noise_aware", "spectral", "lags"):
+            continue
+        out[forcing] = {}
+        for form in FORMS:
+            pred = predict_eq17(forcing, form, r2, lr=lr, momentum=momentum, weight_decay=weight_decay, **data)
+            out[forcing][form] = float(np.median(np.asarray(theory.relative_error(pred, r2))))
+    return out
 
 
 def eq17_score(tr: Track, k: int, *, lr: float, momentum: float, weight_decay: float) -> Eq17Score:
@@ -89,11 +122,14 @@ def eq17_score(tr: Track, k: int, *, lr: float, momentum: float, weight_decay: f
     r4 = np.asarray(theory.predict_nld_r4(r2[0] ** 2, ghat, lr=lr, momentum=momentum, weight_decay=weight_decay))
     r4v = np.asarray(predict_r4_velocity(r2[0] ** 2, vel, lr=lr, momentum=momentum, weight_decay=weight_decay))
     e, ev = np.asarray(eq17_errors(r2, r4)), np.asarray(eq17_errors(r2, r4v))
+    forms = eq17_forms(tr, k, lr=lr, momentum=momentum, weight_decay=weight_decay) if tr.grad_lag is not None else None
+    pick = lambda f, form="bernoulli": forms[f][form] if forms and f in forms else float("nan")  # noqa: E731
     return Eq17Score(
         int(r2.shape[1]), float(np.median(e)), float(e.max()), float(np.median(ev)), float(ev.max()),
         float(np.mean(vel * (1 - momentum) ** 2) / np.mean(ghat)), float((1 - momentum) / (1 + momentum)),
         float(np.median(effective_learning_rate(r2[0], lr=lr, momentum=momentum))),
         float(np.median(effective_learning_rate(r2[-1], lr=lr, momentum=momentum))), r2, r4, r4v,
+        pick("noise_aware"), pick("spectral"), pick("lags"), pick("velocity", "oscillator"), forms,
     )
 
 
@@ -495,7 +531,8 @@ def run_nld(config: NLDConfig = NLDConfig()) -> NLDResult:
     sym = syms["scale"]
     hyper = Hyper(cfg.lr, cfg.momentum, cfg.weight_decay)
     steps, bs = cfg.steps, cfg.batch_size
-    cmp = eqx.filter_jit(compare_rmsprop)(net, sym, x, y, params, state, hyper, key, steps=steps, batch_size=bs)
+    cmp = eqx.filter_jit(compare_rmsprop)(net, sym, x, y, params, state, hyper, key, steps=steps, batch_size=bs,
+                                          lags=EQ17_LAGS)
     e17 = eq17_score(cmp.track, 0, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     m_all, m500 = rmsprop_match(cmp).to_dict(), rmsprop_match(cmp, window=min(500, steps)).to_dict()
     match = {**m_all, "max_angle_deg": m500["max_angle_deg"], "control_max_angle_deg": m500["control_max_angle_deg"],

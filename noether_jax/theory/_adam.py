@@ -38,9 +38,9 @@ def adam_norm(
     Example (a constant |u|² = 1, b₁ = 0.9, λ = 0: momentum turns W against u, C < 0, and the norm grows
     faster than without the cross term):
         >>> import jax.numpy as jnp; from noether_jax import theory
-        >>> [round(float(v), 6) for v in theory.adam_norm(jnp.ones(1), jnp.ones((3, 1)), lr=0.1)[:, 0]]
-        [1.0, 1.01, 1.029474, 1.058072]
-        >>> [round(float(v), 6) for v in theory.adam_norm(jnp.ones(1), jnp.ones((3, 1)), lr=0.1, cross_term=False)[:, 0]]
+        >>> [round(float(v), 5) for v in theory.adam_norm(jnp.ones(1), jnp.ones((3, 1)), lr=0.1)[:, 0]]
+        [1.0, 1.01, 1.02947, 1.05807]
+        >>> [round(float(v), 5) for v in theory.adam_norm(jnp.ones(1), jnp.ones((3, 1)), lr=0.1, cross_term=False)[:, 0]]
         [1.0, 1.01, 1.02, 1.03]
     """
     x0 = jnp.asarray(x0)
