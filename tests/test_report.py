@@ -97,7 +97,7 @@ def test_nld_ablations_and_kinetic_symmetry_breaking(reproduced):
     assert a["at"]["momentum"] == 0.9 and a["at"]["weight_decay"] > 0
     assert a["unconstrained_final_loss"] < a["constrained_final_loss"]
     rows = {(r["symmetry"], r["rule"]): r for r in nld["ksb"]}
-    rules = ("sgd", "heavy_ball", "preconditioned", "adam_metric")
+    rules = ("sgd", "heavy_ball", "preconditioned", "adam", "adamw", "rmsprop")
     assert {k for k, _ in rows} == {"translation", "scale", "rescale"} and {r for _, r in rows} == set(rules)
     for rule in rules:
         assert rows[("translation", rule)]["breaks"] == 0.0

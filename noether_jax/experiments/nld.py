@@ -27,6 +27,8 @@ from .. import models as _models
 from .. import theory
 from ..models import Model, cross_entropy
 from ..nld import (
+    FORCINGS,
+    FORMS,
     Accumulate,
     Comparison,
     Track,
@@ -36,10 +38,11 @@ from ..nld import (
     effective_learning_rate,
     eq17_errors,
     lockstep,
+    predict_eq17,
     predict_r4_velocity,
     rmsprop_match,
 )
-from ..rules import Hyper, heavy_ball, preconditioned, sgd
+from ..rules import Hyper, adam, adamw, heavy_ball, preconditioned, rmsprop, sgd
 from ..symmetry import MaskedSymmetry, breaks_symmetry, check_scale, kinetic_symmetry_breaking, normalise_groups, parts
 from ..training import Batches, Engine, LastStep, Recorder, run
 
@@ -62,6 +65,11 @@ class Eq17Score:
 
     ``forcing_ratio`` is μ²r²|θ̇|²/|ĝ|² averaged over the run: 1 for a slowly varying gradient, and
     (1−β)/(1+β) (``noise_limit_ratio``) for pure mini-batch noise averaged by momentum.
+
+    With the gradient's lag products recorded (``lockstep(..., lags=L)``), every forcing of
+    ``nld.FORCINGS`` in both forms of ``nld.FORMS``: ``forms[forcing][form]`` is its median error;
+    ``noise_aware``/``spectral``/``oscillator_median_rel_error`` name the noise-aware and geometric
+    forcings (Bernoulli form) and the oscillator fed the measured velocity. NaN without the lags.
     """
 
     n_groups: int
@@ -76,9 +84,34 @@ class Eq17Score:
     r2: np.ndarray
     r4: np.ndarray
     r4_velocity: np.ndarray
+    noise_aware_median_rel_error: float = float("nan")
+    spectral_median_rel_error: float = float("nan")
+    lags_median_rel_error: float = float("nan")
+    oscillator_median_rel_error: float = float("nan")
+    forms: dict[str, dict[str, float]] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return _dict(self)
+
+
+#: the gradient lags recorded for the lag-based forcings of eq. 17 (β¹⁶ = 0.19 at β = 0.9)
+EQ17_LAGS = 16
+
+
+def eq17_forms(tr: Track, k: int, *, lr: float, momentum: float, weight_decay: float) -> dict[str, dict[str, float]]:
+    """Median (over groups) relative error in r² of every eq.-17 forcing in both forms on run ``k``
+    (the lag-based forcings need ``tr.grad_lag``, which is run 0's)."""
+    r2 = jnp.asarray(tr.r2[k])
+    data = dict(grad_sq=tr.grad_sq[k], step_sq=tr.step_sq[k], grad_lag=tr.grad_lag if k == 0 else None)
+    out = {}
+    for forcing in FORCINGS:
+        if data["grad_lag"] is None and forcing in ("noise_aware", "spectral", "lags"):
+            continue
+        out[forcing] = {}
+        for form in FORMS:
+            pred = predict_eq17(forcing, form, r2, lr=lr, momentum=momentum, weight_decay=weight_decay, **data)
+            out[forcing][form] = float(np.median(np.asarray(theory.relative_error(pred, r2))))
+    return out
 
 
 def eq17_score(tr: Track, k: int, *, lr: float, momentum: float, weight_decay: float) -> Eq17Score:
@@ -89,11 +122,14 @@ def eq17_score(tr: Track, k: int, *, lr: float, momentum: float, weight_decay: f
     r4 = np.asarray(theory.predict_nld_r4(r2[0] ** 2, ghat, lr=lr, momentum=momentum, weight_decay=weight_decay))
     r4v = np.asarray(predict_r4_velocity(r2[0] ** 2, vel, lr=lr, momentum=momentum, weight_decay=weight_decay))
     e, ev = np.asarray(eq17_errors(r2, r4)), np.asarray(eq17_errors(r2, r4v))
+    forms = eq17_forms(tr, k, lr=lr, momentum=momentum, weight_decay=weight_decay) if tr.grad_lag is not None else None
+    pick = lambda f, form="bernoulli": forms[f][form] if forms and f in forms else float("nan")  # noqa: E731
     return Eq17Score(
         int(r2.shape[1]), float(np.median(e)), float(e.max()), float(np.median(ev)), float(ev.max()),
         float(np.mean(vel * (1 - momentum) ** 2) / np.mean(ghat)), float((1 - momentum) / (1 + momentum)),
         float(np.median(effective_learning_rate(r2[0], lr=lr, momentum=momentum))),
         float(np.median(effective_learning_rate(r2[-1], lr=lr, momentum=momentum))), r2, r4, r4v,
+        pick("noise_aware"), pick("spectral"), pick("lags"), pick("velocity", "oscillator"), forms,
     )
 
 
@@ -239,6 +275,12 @@ class AdamNorm:
 
     ``cross_term_share_median``: the share of the neglected 2η(1−ηλ)⟨W, u⟩ in the final |W|²;
     ``equilibrium_r2_pred_median``: η|u|²/(λ(2−ηλ)) (AdamW only); ``angular_step_*``: η|u_⊥|/|W|.
+    ``momentum_law_*``: the law that keeps ⟨W, u⟩ through the moving average of the gradient
+    (``theory.adam_norm``), fed the same |u|² and fitted to nothing.
+    ``angular_step_law_median_rel_error``: the angular step η|u_⊥|/|W| with |W| from that law against the
+    measured one (the 2-Adam picture: Adam's u does not scale with the gradient, so the effective angular
+    learning rate is η/|W|, not SGD's η/|W|²); ``angular_step_equilibrium``: AdamW's fixed point
+    √(ηλ(2−ηλ))·|u_⊥|/|u| over the last tenth (None for Adam, which has none).
     """
 
     median_rel_error: float
@@ -252,6 +294,11 @@ class AdamNorm:
     r2: np.ndarray
     pred: np.ndarray
     angular_step: np.ndarray
+    momentum_law_median_rel_error: float = float("nan")
+    momentum_law_max_rel_error: float = float("nan")
+    momentum_law_pred: np.ndarray | None = None
+    angular_step_law_median_rel_error: float = float("nan")
+    angular_step_equilibrium: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return _dict(self)
@@ -277,11 +324,8 @@ def adam_norm_check(
     """Adam and AdamW on normalised layers, in lockstep: the norm recursion scanned from |W₀|² with the
     runs' own updates u against the measured |W|² (see :class:`AdamNorm`)."""
     sym = check_scale(sym)
-    opts = {
-        "adam": (optax.adam(lr), 0.0),
-        "adamw": (optax.adamw(lr, weight_decay=weight_decay), weight_decay),
-        "adam_b1_0": (optax.adam(lr, b1=0.0), 0.0),
-    }
+    rules = {"adam": adam(lr=lr), "adamw": adamw(lr=lr, decoupled_weight_decay=weight_decay), "adam_b1_0": adam(lr=lr, b1=0.0)}
+    opts = {k: (r.optimizer(), float(getattr(r, "decoupled_weight_decay", 0.0))) for k, r in rules.items()}
     tr = eqx.filter_jit(lockstep)(net, sym, x, y, [(params, o, None) for o, _ in opts.values()], state, key, steps=steps,
                                   batch_size=batch_size)
     runs = {}
@@ -299,10 +343,18 @@ def adam_norm_check(
         u_perp = np.sqrt(np.maximum(u_sq - w_u**2 / r2[:-1], 0.0))
         ang_step = lr * u_perp / np.sqrt(r2[:-1])
         tail = max(1, u_sq.shape[0] // 10)
+        mom = np.asarray(theory.adam_norm(jnp.asarray(r2[0]), jnp.asarray(u_sq), lr=lr, b1=rules[name].b1,
+                                          decoupled_weight_decay=wd))
+        mom_err = np.max(np.abs(mom - r2) / r2, axis=0)
+        ang_law = lr * u_perp / np.sqrt(mom[:-1])
+        ang_err = np.max(np.abs(ang_law - ang_step) / ang_step, axis=0)
+        eq = (float(np.median(np.sqrt(lr * wd * (2 - lr * wd)) * (u_perp / np.sqrt(u_sq))[-tail:].mean(0)))
+              if wd > 0 else None)
         runs[name] = AdamNorm(
             float(np.median(err)), float(err.max()), float(np.median(np.abs(cross) / r2[-1])), float(np.median(r2[-1] / r2[0])),
             float(np.median(lr * u_sq[-tail:].mean(0) / (wd * (2 - lr * wd)))) if wd > 0 else None, float(np.median(r2[-1])),
             float(np.median(ang_step[:tail])), float(np.median(ang_step[-tail:])), r2, pred, ang_step,
+            float(np.median(mom_err)), float(mom_err.max()), mom, float(np.median(ang_err)), eq,
         )
     return AdamNormCheck(float(lr), float(weight_decay), runs)
 
@@ -333,42 +385,45 @@ class KSBRow:
 def ksb_report(
     net: Model, symmetries: dict[str, Any], x: Array, y: Array, params: PyTree, state: PyTree, key: PRNGKeyArray, *,
     lr: float = 0.1, momentum: float = 0.9, steps: int = 200, snapshots: int = 4, batch_size: int = 64, seed: int = 0,
+    adaptive_lr: float = 0.01,
 ) -> list[KSBRow]:
     """For every symmetry and every learning rule — SGD, heavy ball, diagonally preconditioned SGD (a
-    fixed random P ∈ [1, 2)) and Adam's metric (P = √v̂ + ε of an Adam run) — whether the rule breaks
-    it (at random velocities) and the measured δ_αK along a run: SGD's trajectory for the first three,
-    Adam's own for Adam's metric, at ``snapshots`` points (see :class:`KSBRow`)."""
+    fixed random P ∈ [1, 2)), and the adaptive rules Adam, AdamW and RMSProp (η = ``adaptive_lr``, their
+    metric K = ½θ̇ᵀ(P/c)θ̇ from their own accumulators, P = √ν̂ + ε) — whether the rule breaks it (at random
+    velocities) and the measured δ_αK along a run: SGD's trajectory for the first three, each adaptive
+    rule's own for it, at ``snapshots`` points (see :class:`KSBRow`)."""
     every = max(1, steps // snapshots)
-    delta_k = eqx.filter_jit(lambda rule, part, q, v: kinetic_symmetry_breaking(rule, part)(q, v))
-    two_kinetic = eqx.filter_jit(lambda rule, q, v: 2.0 * rule.kinetic()(q, v, 0.0))
-    breaks_at = eqx.filter_jit(lambda rule, part, q: breaks_symmetry(rule, part, q, n_samples=4).breaks)
-    rel_at = eqx.filter_jit(lambda rule, part, q: breaks_symmetry(rule, part, q, n_samples=4).relative)
+    delta_k = eqx.filter_jit(lambda kin, part, q, v: kinetic_symmetry_breaking(kin, part)(q, v))
+    two_kinetic = eqx.filter_jit(lambda kin, q, v: 2.0 * kin(q, v, 0.0))
+    breaks_at = eqx.filter_jit(lambda kin, part, q: breaks_symmetry(kin, part, q, n_samples=4))
     rng = np.random.default_rng(seed)
     pre = jax.tree.map(lambda a: jnp.asarray(1.0 + rng.uniform(size=np.shape(a)), jnp.result_type(a)), params)
-    traj = {}
-    for name, opt, adam in (("sgd", optax.sgd(lr), False), ("adam", optax.adam(lr), True)):
-        out = _snapshot_states(net, x, y, params, state, key, opt, lr=lr, steps=every * snapshots, every=every,
-                               batch_size=batch_size, adam=adam)
-        traj[name] = out
+    adaptive = {"adam": adam(lr=adaptive_lr), "adamw": adamw(lr=adaptive_lr), "rmsprop": rmsprop(lr=adaptive_lr)}
+    traj = {"sgd": _snapshot_states(net, x, y, params, state, key, optax.sgd(lr), lr=lr, steps=every * snapshots,
+                                    every=every, batch_size=batch_size)}
+    for name, rule in adaptive.items():
+        traj[name] = _snapshot_states(net, x, y, params, state, key, rule.optimizer(), lr=adaptive_lr,
+                                      steps=every * snapshots, every=every, batch_size=batch_size, rule=rule)
+    euclidean = {"sgd": sgd(lr=lr).kinetic(), "heavy_ball": heavy_ball(lr=lr, momentum=momentum).kinetic(),
+                 "preconditioned": preconditioned(pre, lr=lr).kinetic()}
     rows = []
     for kind, sym in symmetries.items():
-        for rule_name in ("sgd", "heavy_ball", "preconditioned", "adam_metric"):
-            qs, vs, ms = traj["adam" if rule_name == "adam_metric" else "sgd"]
+        for rule_name in (*euclidean, *adaptive):
+            qs, vs, auxs = traj[rule_name if rule_name in adaptive else "sgd"]
             abs_dk, rel_dk, brk, rel_rand = [], [], [], []
             for i in range(1, snapshots + 1):
-                q, v, metric = (jax.tree.map(lambda a, i=i: a[i], t) for t in (qs, vs, ms))
-                rule = {"sgd": lambda: sgd(lr=lr), "heavy_ball": lambda: heavy_ball(lr=lr, momentum=momentum),
-                        "preconditioned": lambda: preconditioned(pre, lr=lr),
-                        "adam_metric": lambda metric=metric: preconditioned(metric, lr=lr)}[rule_name]()
-                two_k = float(two_kinetic(rule, q, v))
+                q, v, aux = (jax.tree.map(lambda a, i=i: a[i], t) for t in (qs, vs, auxs))
+                kin = adaptive[rule_name].kinetic(aux) if rule_name in adaptive else euclidean[rule_name]
+                two_k = float(two_kinetic(kin, q, v))
                 for part in parts(sym):
-                    dk = np.asarray(delta_k(rule, part, q, v))
+                    dk = np.asarray(delta_k(kin, part, q, v))
                     abs_dk.append(np.abs(dk))
                     rel_dk.append(np.abs(dk) / two_k)
                 if i == snapshots:
                     for part in parts(sym):
-                        brk.append(np.asarray(breaks_at(rule, part, q)))
-                        rel_rand.append(np.asarray(rel_at(rule, part, q)))
+                        b = breaks_at(kin, part, q)
+                        brk.append(np.asarray(b.breaks))
+                        rel_rand.append(np.asarray(b.relative))
             abs_dk, rel_dk = np.concatenate(abs_dk), np.concatenate(rel_dk)
             brk, rel_rand = np.concatenate(brk), np.concatenate(rel_rand)
             rows.append(KSBRow(kind, rule_name, int(brk.size), float(np.mean(brk)), float(rel_rand.max()),
@@ -376,19 +431,18 @@ def ksb_report(
     return rows
 
 
-def _snapshot_states(net, x, y, params, state, key, opt, *, lr, steps, every, batch_size, adam):
-    """(params, velocity, metric) stacked over the save points of one engine run."""
+def _snapshot_states(net, x, y, params, state, key, opt, *, lr, steps, every, batch_size, rule=None):
+    """(params, velocity, accumulators of ``rule`` or the velocity again) stacked over the save points of one run."""
 
     def last(info):
         v = jax.tree.map(lambda a, b: (a - b) / lr, info.new_params[0], info.params[0])
-        if not adam:
+        if rule is None:
             return info.new_params[0], v, v
-        nu = optax.tree_utils.tree_get(info.opt_states[0], "nu")
-        count = optax.tree_utils.tree_get(info.opt_states[0], "count")
-        return info.new_params[0], v, jax.tree.map(lambda a: jnp.sqrt(a / (1 - 0.999**count)) + 1e-8, nu)
+        return info.new_params[0], v, rule.initial_state(info.new_params[0], info.opt_states[0])
 
     def like(start):
-        return start.params[0], start.params[0], start.params[0]
+        p = start.params[0]
+        return p, p, (p if rule is None else rule.initial_state(p, None))
 
     eng = Engine(_models.loss_fn(net), [opt], Batches(x, y, batch_size=batch_size), hooks={"last": LastStep(last, like)})
     out = eqx.filter_jit(run)(eng, [params], [state], key, steps=steps, save_every=every)
@@ -477,7 +531,8 @@ def run_nld(config: NLDConfig = NLDConfig()) -> NLDResult:
     sym = syms["scale"]
     hyper = Hyper(cfg.lr, cfg.momentum, cfg.weight_decay)
     steps, bs = cfg.steps, cfg.batch_size
-    cmp = eqx.filter_jit(compare_rmsprop)(net, sym, x, y, params, state, hyper, key, steps=steps, batch_size=bs)
+    cmp = eqx.filter_jit(compare_rmsprop)(net, sym, x, y, params, state, hyper, key, steps=steps, batch_size=bs,
+                                          lags=EQ17_LAGS)
     e17 = eq17_score(cmp.track, 0, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     m_all, m500 = rmsprop_match(cmp).to_dict(), rmsprop_match(cmp, window=min(500, steps)).to_dict()
     match = {**m_all, "max_angle_deg": m500["max_angle_deg"], "control_max_angle_deg": m500["control_max_angle_deg"],

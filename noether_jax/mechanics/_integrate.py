@@ -29,6 +29,7 @@ class Trajectory(eqx.Module):
         result: a ``diffrax.RESULTS`` value; ``RESULTS.successful`` unless the solve failed
             (with ``throw=False`` a failed solve is returned as data, unsaved points being ``inf``).
         stats: diffrax's statistics (number of steps, accepted and rejected steps, …).
+        aux: the auxiliary state at the save times (an adaptive rule's accumulators), or None.
     """
 
     ts: Float[Array, " n"]
@@ -36,6 +37,7 @@ class Trajectory(eqx.Module):
     v: PyTree
     result: diffrax.RESULTS
     stats: dict[str, Any]
+    aux: PyTree = None
 
     @property
     def successful(self) -> jax.Array:
@@ -96,12 +98,13 @@ def _solve(system, y0, t0, t1, saveat, solver, controller, dt0, max_steps, adjoi
         throw=throw,
         progress_meter=progress_meter,
     )
+    aux = None
     if system.order == 2:
         q, v = sol.ys
     else:
-        q = sol.ys
-        v = jax.vmap(lambda t, y: field(t, y, args))(sol.ts, q)
-    return Trajectory(ts=sol.ts, q=q, v=v, result=sol.result, stats=sol.stats)
+        q, aux = system.split(sol.ys)
+        v = system.split(jax.vmap(lambda t, y: field(t, y, args))(sol.ts, sol.ys))[0]
+    return Trajectory(ts=sol.ts, q=q, v=v, result=sol.result, stats=sol.stats, aux=aux)
 
 
 def simulate(
@@ -128,7 +131,9 @@ def simulate(
 
     Args:
         system: an ``nj.Lagrangian`` (state ``(q, v)``) or a first-order flow such as
-            ``nj.GradientFlow`` (state ``q``; leave ``v0`` out).
+            ``nj.GradientFlow`` (state ``q``; leave ``v0`` out). An adaptive rule's flow
+            (``nj.rules.adam(...).flow(loss)``) brings its own initial accumulators, integrated with
+            ``q`` and returned as ``Trajectory.aux``.
         q0, v0: initial position and velocity, pytrees of the same structure.
         t1, t0: the time span (one optimiser step is ``lr`` units of time).
         ts: times at which to save; default: only ``t1``. ``saveat`` overrides it.
@@ -169,7 +174,7 @@ def simulate(
     else:
         if v0 is not None:
             raise ValueError("`v0` must be left out for a first-order flow: its state is q alone.")
-        y0 = q0
+        y0 = system.initial_state(q0)
     leaves = jax.tree.leaves(y0)
     if not leaves:
         raise ValueError("`q0` has no array leaves: there is nothing to integrate.")

@@ -38,6 +38,15 @@ class AbstractDynamics(eqx.Module):
     def vector_field(self) -> Callable[[ArrayLike, PyTree, Any], PyTree]:
         """The field ``f(t, y, args)`` for ``diffrax.ODETerm``."""
 
+    def initial_state(self, q0: PyTree) -> PyTree:
+        """The first-order system's state y(0) from the positions (``q0`` itself unless the system carries
+        auxiliary state, e.g. an adaptive optimiser's accumulators)."""
+        return q0
+
+    def split(self, y: PyTree) -> tuple[PyTree, PyTree]:
+        """A first-order state y as (positions, auxiliary state or None): the inverse of :meth:`initial_state`."""
+        return y, None
+
 
 def _as_potential(potential: Callable) -> Callable:
     if not callable(potential):

@@ -23,7 +23,7 @@ both regimes; its RMSProp counterpart accumulates the momentum buffer (``accumul
 
 from ._companion import RMSPropCompanion
 from ._compare import Comparison, RMSPropMatch, cnn_scale_symmetry, compare_rmsprop, constrain_norm, rmsprop_match
-from ._eq17 import effective_learning_rate, eq17_errors, predict_r4_velocity
+from ._eq17 import FORCINGS, FORMS, effective_learning_rate, eq17_errors, predict_eq17, predict_r4_velocity, squared_velocity
 from ._lockstep import GroupTrack, Track, lockstep
 from ._rmsprop import (
     Accumulate,
@@ -36,6 +36,8 @@ from ._rmsprop import (
 )
 
 __all__ = [
+    "FORCINGS",
+    "FORMS",
     "Accumulate",
     "Comparison",
     "GroupRMSState",
@@ -50,7 +52,9 @@ __all__ = [
     "effective_learning_rate",
     "eq17_errors",
     "lockstep",
+    "predict_eq17",
     "predict_r4_velocity",
+    "squared_velocity",
     "project_to_sphere",
     "rmsprop_mapping",
     "rmsprop_match",

@@ -89,6 +89,7 @@ def compare_rmsprop(
     accumulate: Accumulate = "gradient",
     control: Literal["scale", "no_momentum", "gradient"] = "scale",
     mismatch: float = 2.0,
+    lags: int = 0,
 ) -> Comparison:
     """Run SGD(η, β, λ) and the group RMSProp of :func:`rmsprop_mapping` on the same model, data and
     mini-batches (the RMSProp run starts from θ̂(0), every group at unit norm), plus a control:
@@ -128,7 +129,7 @@ def compare_rmsprop(
         (u0, sphere_rmsprop(sym, m, wd), None),
         (u0, sphere_rmsprop(sym, c, wd), None),
     ]
-    tr = lockstep(net, sym, x, y, runs, state, key, steps=steps, batch_size=batch_size)
+    tr = lockstep(net, sym, x, y, runs, state, key, steps=steps, batch_size=batch_size, lags=lags)
     mu = 1.0 - beta
     lr_eff = jnp.stack([
         lr / (mu * tr.r2[0]),

@@ -32,6 +32,8 @@ class Track(eqx.Module):
         accumulator: (K, N+1, G) √G of a :func:`scale_by_group_rms` in run k's state (NaN if none).
         params, state: the final parameters and model state of every run (tuples of K).
         diverged_step: (K,) first step at which each run diverged (−1: none).
+        grad_lag: (N, L, G) ⟨g_𝒜,n, g_𝒜,n−k⟩ of run 0 for the lags k = 1 … L (NaN before step k), the
+            gradient autocorrelation of consecutive mini-batches; None when ``lags=0``.
     """
 
     loss: Float[Array, "K N"]
@@ -44,6 +46,7 @@ class Track(eqx.Module):
     params: tuple
     state: tuple
     diverged_step: Int[Array, " K"]
+    grad_lag: Float[Array, "N L G"] | None = None
 
 
 def _sqrt_acc(opt_state, n_groups, dtype):
@@ -58,26 +61,40 @@ class GroupTrack(Hook):
     |g_𝒜|², |Δθ_𝒜|² and ⟨θ_𝒜, Δθ_𝒜⟩."""
 
     sym: MaskedSymmetry
+    lags: int = eqx.field(static=True, default=0)
 
     def init(self, start: Start):
         k, g = len(start.params), self.sym.n_groups
         dtype = start.loss.dtype
-        return jnp.full((3, k, g), jnp.nan, dtype)
+        last = jnp.full((3, k, g), jnp.nan, dtype)
+        if not self.lags:
+            return last
+        hist = jax.tree.map(lambda a: jnp.zeros((self.lags, *a.shape), a.dtype), start.grads[0])
+        return {"last": last, "hist": hist, "lag": jnp.full((self.lags, g), jnp.nan, dtype), "seen": jnp.zeros((), jnp.int32)}
 
     def step(self, state, info: Step):
         rows = []
         for p, p_new, g in zip(info.params, info.new_params, info.grads, strict=True):
             d = jax.tree.map(jnp.subtract, p_new, p)
             rows.append(jnp.stack([self.sym.pair(g, g), self.sym.pair(d, d), self.sym.pair(p, d)]))
-        return jnp.stack(rows, axis=1).astype(state.dtype)
+        if not self.lags:
+            return jnp.stack(rows, axis=1).astype(state.dtype)
+        last = jnp.stack(rows, axis=1).astype(state["last"].dtype)
+        g0, hist = info.grads[0], state["hist"]
+        lag = jax.vmap(lambda h: self.sym.pair(g0, h))(hist).astype(last.dtype)
+        lag = jnp.where((jnp.arange(self.lags) < state["seen"])[:, None], lag, jnp.nan)
+        hist = jax.tree.map(lambda h, x: jnp.concatenate([x[None].astype(h.dtype), h[:-1]]), hist, g0)
+        return {"last": last, "hist": hist, "lag": lag, "seen": state["seen"] + 1}
 
     def save(self, state, snap: Snapshot):
         ps = snap.params
-        dtype = state.dtype
+        dtype = (state["last"] if self.lags else state).dtype
         r2 = jnp.stack([self.sym.group_norms(p) for p in ps])
         ang = jnp.stack([group_angles(self.sym, p, ps[0]) for p in ps])
         acc = jnp.stack([_sqrt_acc(o, self.sym.n_groups, dtype) for o in snap.opt_states])
-        return {"r2": r2, "angle": ang, "accumulator": acc, "last": state}
+        if not self.lags:
+            return {"r2": r2, "angle": ang, "accumulator": acc, "last": state}
+        return {"r2": r2, "angle": ang, "accumulator": acc, "last": state["last"], "lag": state["lag"]}
 
 
 def lockstep(
@@ -92,8 +109,12 @@ def lockstep(
     steps: int,
     batch_size: int,
     loss: Callable[[Array, Array], Array] = cross_entropy,
+    lags: int = 0,
 ) -> Track:
     """Train K runs ``(params0, optimizer, post_update)`` in lockstep on the same mini-batches.
+
+    ``lags``: also record run 0's gradient inner products ⟨g_𝒜,n, g_𝒜,n−k⟩ for k = 1 … ``lags``
+    (``Track.grad_lag``; the history costs ``lags`` copies of the gradient).
 
     Pure and jit-able (call it inside ``jax.jit`` with the optimisers built there to vmap over
     hyperparameters); every step is recorded per group (:class:`Track`).
@@ -111,10 +132,10 @@ def lockstep(
     """
     sym = check_scale(sym)
     engine = Engine(loss_fn(net, loss=loss), [r[1] for r in runs], Batches(x, y, batch_size=batch_size),
-                    post_updates=[r[2] for r in runs], hooks={"track": GroupTrack(sym)})
+                    post_updates=[r[2] for r in runs], hooks={"track": GroupTrack(sym, lags)})
     out = run(engine, [r[0] for r in runs], [state] * len(runs), key, steps=steps, save_every=1)
     s = out.saved["track"]
     last = jnp.moveaxis(s["last"][1:], 0, 2)  # (3, K, N, G)
     t = lambda a: jnp.swapaxes(a, 0, 1)  # noqa: E731  (S, K, G) -> (K, S, G)
     return Track(out.loss[:, 1:], t(s["r2"]), last[0], last[1], last[2], t(s["angle"]), t(s["accumulator"]),
-                 out.params, out.states, out.diverged_step)
+                 out.params, out.states, out.diverged_step, s["lag"][1:] if lags else None)

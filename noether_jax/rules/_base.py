@@ -95,6 +95,18 @@ class AbstractRule(eqx.Module):
         """Laws of r⁴ = |θ_𝒜|⁴ for scale groups (NLD eq. 17 and its variants); empty when none."""
         return {}
 
+    def law(self, kind: str, name: str = "theory") -> Any:
+        """The law ``name`` of symmetry ``kind`` (see :meth:`laws`); an error naming the rules that have one."""
+        laws = self.laws(kind)
+        if name not in laws:
+            have = f"its laws for {kind!r} are {sorted(laws)}" if laws else f"it has no closed-form law for {kind!r}"
+            raise ValueError(
+                f"nj.rules.{self.name} has no law {name!r}: {have}. The rules with closed-form laws are nj.rules.sgd, "
+                "heavy_ball, gradient_flow and modified_loss (SGD with heavy-ball momentum and coupled weight decay); "
+                "under an adaptive or preconditioned rule, measure the charges with nj.charge_budget instead."
+            )
+        return laws[name]
+
     def law_label(self) -> str:
         """What :meth:`laws` predicts, in words (or why there is no law)."""
         return f"no closed-form law is known for {self.name}"

@@ -22,21 +22,22 @@ import jax.numpy as jnp
 from jaxtyping import Array, ArrayLike, Bool, Float, PyTree
 
 from .._tree import as_time
-from ..mechanics import Lagrangian
+from ..mechanics import Lagrangian, Trajectory
 from ..mechanics.kinetic import AbstractKinetic
 from ._actions import AbstractSymmetry
 from ._groups import check_symmetry as _check_sym
 
 
-def _kinetic_of(system: Any) -> AbstractKinetic:
-    """The kinetic term of a Lagrangian, a kinetic object, or a learning rule (anything with ``.kinetic()``)."""
+def _kinetic_of(system: Any, aux: Any = None) -> AbstractKinetic:
+    """The kinetic term of a Lagrangian, a kinetic object, or a learning rule (anything with ``.kinetic()``);
+    an adaptive rule's depends on its accumulators ``aux``."""
     if isinstance(system, Lagrangian):
         return system.kinetic
     if isinstance(system, AbstractKinetic):
         return system
     kinetic = getattr(system, "kinetic", None)
     if callable(kinetic):
-        out = kinetic()
+        out = kinetic() if aux is None else kinetic(aux)
         if isinstance(out, AbstractKinetic):
             return out
     raise TypeError(
@@ -93,10 +94,12 @@ def _vdot(a, b):
     return sum((jnp.vdot(x, y) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True)), start=jnp.zeros(()))
 
 
-def kinetic_symmetry_breaking(system: Any, sym: AbstractSymmetry) -> KineticSymmetryBreaking:
+def kinetic_symmetry_breaking(system: Any, sym: AbstractSymmetry, *, aux: Any = None) -> KineticSymmetryBreaking:
     """δ_αK: how much the learning rule (kinetic term) breaks ``sym``, per group.
 
-    ``system`` is an ``nj.Lagrangian``, an ``nj.kinetic`` object or a learning rule from ``nj.rules``.
+    ``system`` is an ``nj.Lagrangian``, an ``nj.kinetic`` object or a learning rule from ``nj.rules``. An
+    adaptive rule's kinetic term K = ½ θ̇ᵀ (P/c₁) θ̇ depends on its accumulators: pass them as ``aux``
+    (``rule.initial_state(params, opt_state)``, or ``Trajectory.aux`` at one time).
 
     Example (Euclidean kinetic energy breaks scale symmetry by m|v_𝒜|²):
         >>> import jax.numpy as jnp, noether_jax as nj
@@ -105,7 +108,7 @@ def kinetic_symmetry_breaking(system: Any, sym: AbstractSymmetry) -> KineticSymm
         >>> dK({"w": jnp.array([1.0, 2.0])}, {"w": jnp.array([3.0, 4.0])}).tolist()
         [12.5]
     """
-    return KineticSymmetryBreaking(_kinetic_of(system), _check_sym(sym))
+    return KineticSymmetryBreaking(_kinetic_of(system, aux), _check_sym(sym))
 
 
 class ChargeBudget(eqx.Module):
@@ -126,8 +129,15 @@ class ChargeBudget(eqx.Module):
         return self.rate - (self.dissipation + self.kinetic_asymmetry + self.metric + self.potential)
 
 
-def charge_budget(lagrangian: Lagrangian, sym: AbstractSymmetry, q: PyTree, v: PyTree, t: ArrayLike = 0.0) -> ChargeBudget:
+def charge_budget(lagrangian: Any, sym: AbstractSymmetry, q: PyTree, v: PyTree = None, t: ArrayLike = 0.0, *,
+                  aux: Any = None) -> ChargeBudget:
     """Split the rate of the Noether charge into dissipation, kinetic asymmetry, metric and potential parts.
+
+    ``lagrangian`` is an ``nj.Lagrangian`` (state ``q``, ``v`` at ``t``), or an adaptive rule's flow
+    (``nj.rules.adam(...).flow(loss)``): then the budget is that of the Euclidean charge ⟨θ̇, ξ⟩/c₁ along the
+    flow, whose non-Euclidean-metric term is non-zero (see ``AdaptiveFlow.charge_terms``). Its state is
+    ``q`` with the accumulators ``aux``, or ``q`` a :class:`~noether_jax.Trajectory` of the flow (then every
+    part has a leading time axis).
 
     Example (weight decay breaks scale symmetry through the potential):
         >>> import jax.numpy as jnp, noether_jax as nj
@@ -138,8 +148,12 @@ def charge_budget(lagrangian: Lagrangian, sym: AbstractSymmetry, q: PyTree, v: P
         >>> abs(float(b.residual()[0])) < 1e-10
         True
     """
+    if hasattr(lagrangian, "charge_terms"):
+        return _adaptive_budget(lagrangian, _check_sym(sym), q, aux)
     if not isinstance(lagrangian, Lagrangian):
-        raise TypeError(f"`lagrangian` must be an nj.Lagrangian, got {type(lagrangian).__name__}.")
+        raise TypeError(f"`lagrangian` must be an nj.Lagrangian or an adaptive rule's flow, got {type(lagrangian).__name__}.")
+    if v is None:
+        raise ValueError("`v` (the velocity) is required for the charge budget of a Lagrangian.")
     sym = _check_sym(sym)
     t = as_time(t)
     K = lagrangian.kinetic
@@ -161,6 +175,19 @@ def charge_budget(lagrangian: Lagrangian, sym: AbstractSymmetry, q: PyTree, v: P
     )
 
 
+def _adaptive_budget(flow: Any, sym: AbstractSymmetry, q: Any, aux: Any) -> ChargeBudget:
+    if isinstance(q, Trajectory):
+        if aux is not None:
+            raise ValueError("pass either a Trajectory (which holds the accumulators) or `q` with `aux=`, not both.")
+        if q.aux is None:
+            raise ValueError("this Trajectory holds no accumulators: simulate the adaptive rule's flow, rule.flow(loss).")
+        return jax.vmap(lambda q_, a_: _adaptive_budget(flow, sym, q_, a_))(q.q, q.aux)
+    if aux is None:
+        raise ValueError("the charge budget of an adaptive rule depends on its accumulators: pass aux= (e.g. "
+                         "rule.initial_state(params, opt_state)) or a Trajectory of rule.flow(loss).")
+    return ChargeBudget(**flow.charge_terms(sym, q, aux))
+
+
 class SymmetryBreaking(eqx.Module):
     """Whether a learning rule breaks a symmetry: per group, ``breaks`` (relative > tol) and ``relative``,
     the largest |δ_gK| / 2K over the random velocities tried."""
@@ -170,9 +197,12 @@ class SymmetryBreaking(eqx.Module):
 
 
 def breaks_symmetry(
-    system: Any, sym: AbstractSymmetry, q: PyTree, *, key: jax.Array | None = None, n_samples: int = 8, tol: float = 1e-8
+    system: Any, sym: AbstractSymmetry, q: PyTree, *, aux: Any = None, key: jax.Array | None = None, n_samples: int = 8,
+    tol: float = 1e-8,
 ) -> SymmetryBreaking:
     """Does a learning rule break ``sym``? δ_gK at random velocities, relative to 2K (:class:`SymmetryBreaking`).
+
+    ``aux``: an adaptive rule's accumulators, on which its kinetic term depends (see :func:`kinetic_symmetry_breaking`).
 
     Example:
         >>> import jax.numpy as jnp, noether_jax as nj
@@ -184,7 +214,7 @@ def breaks_symmetry(
         >>> bool(nj.breaks_symmetry(nj.rules.preconditioned(jnp.array([1.0, 3.0]), lr=0.1), rot, q).breaks[0])
         True
     """
-    K = _kinetic_of(system)
+    K = _kinetic_of(system, aux)
     dK = KineticSymmetryBreaking(K, _check_sym(sym))
     key = jax.random.PRNGKey(0) if key is None else key
     flat, unravel = jax.flatten_util.ravel_pytree(q)

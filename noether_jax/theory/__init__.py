@@ -49,6 +49,7 @@ squaring (accurate to rounding in every entry, including the tiny ω²Δt² ones
   for θ̇(tₙ + η/2).
 * ``"hold"``: exact for a forcing held constant over each step (zero-order hold); first order.
 """
+from ._adam import adam_norm
 from ._common import Law, Quadrature
 from ._decay import (
     Decay,
@@ -89,6 +90,7 @@ __all__ = [
     "Oscillator",
     "OscillatorState",
     "Quadrature",
+    "adam_norm",
     "SGDIdentity",
     "SGDLaw",
     "decay",

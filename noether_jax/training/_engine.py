@@ -375,6 +375,9 @@ def _lambda_max(engine: Engine, es: EngineState, batch, key, sharpness: Sharpnes
     p, s, o = es.params[0], es.states[0], es.opt_states[0]
     edge = sharpness.edge
     wd = jnp.zeros((), jnp.result_type(float)) if edge is None else edge.weight_decay
-    pre = None if edge is None or edge.preconditioner is None else edge.preconditioner(p, o)
+    pre = None
+    if edge is not None and edge.preconditioner is not None:  # an adaptive rule's fresh state needs the gradient
+        extra = {"grad": jax.grad(lambda q: engine.loss(q, s, batch)[0])(p)} if getattr(edge.preconditioner, "needs_grad", False) else {}
+        pre = edge.preconditioner(p, o, **extra)
     return lambda_max(lambda q: engine.loss(q, s, batch)[0], p, weight_decay=wd, preconditioner=pre, key=key,
                       iters=sharpness.iters)

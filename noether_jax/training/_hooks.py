@@ -13,7 +13,7 @@ from jaxtyping import Array, PyTree
 
 from .. import theory
 from .._tree import cast_floats, float_dtype
-from ..rules import AbstractRule
+from ..rules import AbstractAdaptive, AbstractRule
 from ..symmetry import KineticSymmetryBreaking, NoetherCharge, gradient_residuals, pair, parts
 from ._engine import Hook, Snapshot, Start, Step
 
@@ -100,7 +100,9 @@ class NoetherHook(Hook):
 
     def save(self, state, snap: Snapshot):
         q, v, g = state["q"], state["v"], state["g"]
-        kinetic = self.rule.kinetic()
+        # an adaptive rule's metric: its accumulators after the step (the ones that step divided by)
+        kinetic = self.rule.kinetic(self.rule.initial_state(q, snap.opt_states[0])) \
+            if isinstance(self.rule, AbstractAdaptive) else self.rule.kinetic()
         two_k = 2.0 * kinetic(q, v, 0.0)
         rho = jnp.asarray(getattr(self.rule, "damping", jnp.nan))
         wd = jnp.asarray(getattr(self.rule, "weight_decay", 0.0))
