@@ -7,10 +7,11 @@ groups) on scikit-learn digits, heavy-ball SGD with coupled weight decay, N = ``
 * ``plain``: ``nj.sweep`` as it is (conservation laws, their theory and exact identity, NLD eq. 17's r⁴);
 * ``noether+sharpness``: plus kinetic symmetry breaking and the charge budget per step
   (``noether=True``) and η·λ_max by Lanczos at every save point (``sharpness_every=save_every``);
+* ``noether`` and ``sharpness`` alone; ``noether+sharpness/5``: λ_max at every fifth save point only;
 * ``rmsprop``: plus the mapped group RMSProp trained in lockstep on the same mini-batches;
 * ``all``: all of the above;
-* ``plain (full batch)`` and ``flow=modified``: full-batch members, with the modified flow integrated
-  by diffrax (fixed step η/4) inside the program.
+* ``plain (full batch)`` and ``flow=modified``: ``mlp_tanh`` (smooth) full-batch members, with the modified
+  flow integrated by diffrax (Tsit5, fixed step η/4) inside the program.
 
 Run time is the median of ``--repeats`` warm calls (the compiled program is cached); compile time is
 the first call's extra. Ratios are run-time ratios measured in the same process, side by side.
@@ -35,14 +36,14 @@ import noether_jax as nj
 LRS, MOMS, WDS = [0.01, 0.03, 0.1, 0.3], [0.0, 0.9], [0.0, 1e-4]
 
 
-def timed(repeats: int, **kw) -> dict:
+def timed(repeats: int, model: str = "mlp_layernorm", **kw) -> dict:
     t = time.perf_counter()
-    ds = nj.sweep("mlp_layernorm", progress=False, **kw)
+    ds = nj.sweep(model, progress=False, **kw)
     first = time.perf_counter() - t
     runs = []
     for _ in range(repeats):
         t = time.perf_counter()
-        nj.sweep("mlp_layernorm", progress=False, **kw)
+        nj.sweep(model, progress=False, **kw)
         runs.append(time.perf_counter() - t)
     run = statistics.median(runs)
     return {"run_s": run, "compile_s": first - run, "status_ok": int((np.asarray(ds.status.values) == 0).sum())}
@@ -58,6 +59,7 @@ def main(argv=None):
     ap.add_argument("--full-batch", type=int, default=256, help="training examples of the full-batch (flow) rows")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--quick", action="store_true", help="N = 16, 100 steps, 1 repeat")
+    ap.add_argument("--rows", default="", help="comma-separated row names to run (default: all; 'plain' is always run)")
     ap.add_argument("--json", type=Path)
     a = ap.parse_args(argv)
     if a.quick:
@@ -69,15 +71,23 @@ def main(argv=None):
                 width=a.width, data=data)
     rows = {
         "plain": dict(batch_size=a.batch),
+        "noether": dict(batch_size=a.batch, noether=True),
+        "sharpness": dict(batch_size=a.batch, sharpness_every=a.save_every),
         "noether+sharpness": dict(batch_size=a.batch, noether=True, sharpness_every=a.save_every),
+        "noether+sharpness/5": dict(batch_size=a.batch, noether=True, sharpness_every=5 * a.save_every),
         "rmsprop": dict(batch_size=a.batch, rmsprop=True),
         "all": dict(batch_size=a.batch, noether=True, sharpness_every=a.save_every, rmsprop=True),
     }
     small = data._replace(x_train=data.x_train[: a.full_batch], y_train=data.y_train[: a.full_batch])
-    flow_rows = {"plain (full batch)": dict(batch_size=a.full_batch, data=small),
-                 "flow=modified": dict(batch_size=a.full_batch, data=small, flow="modified")}
+    flow_rows = {"plain (full batch)": dict(model="mlp_tanh", batch_size=a.full_batch, data=small),
+                 "flow=modified": dict(model="mlp_tanh", batch_size=a.full_batch, data=small, flow="modified")}
+    todo = rows | flow_rows
+    if a.rows:
+        keep = {"plain", *a.rows.split(",")} | ({"plain (full batch)"} if "flow=modified" in a.rows else set())
+        todo = {k: v for k, v in todo.items() if k in keep}
+        flow_rows = {k: v for k, v in flow_rows.items() if k in keep}
     out = {}
-    for name, kw in (rows | flow_rows).items():
+    for name, kw in todo.items():
         out[name] = timed(a.repeats, **(base | kw))
         print(f"{name} done: run {out[name]['run_s']:.2f} s", flush=True)
     print(f"\nnj.sweep('mlp_layernorm', width={a.width}) on digits, N = {len(configs)}, {a.steps} steps, float32; "

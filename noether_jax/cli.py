@@ -220,6 +220,8 @@ def sweep(
     rmsprop: Annotated[bool, _opt("train each member's mapped group RMSProp in lockstep (needs scale groups)")] = False,
     sharpness_every: Annotated[int, _opt("estimate η·λ_max every this many steps (0: off; a multiple of --save-every)")] = 0,
     flow: Annotated[str, _opt("integrate each member's continuous model: modified, gradient, or none (full batch only)")] = "none",
+    optimizer: Annotated[str, _opt("optimisers, comma-separated: sgd, adam, adamw, rmsprop (for adam/adamw --momentum is b1, "
+                                   "and --weight-decay is AdamW's decoupled decay)")] = "sgd",
 ) -> None:
     """Sweep a grid; resumable (run it again with the same options to finish a killed sweep)."""
     from . import plots
@@ -243,7 +245,8 @@ def sweep(
     try:
         ds = run_sweep(model_arg, seed=seeds, steps=steps, save_every=save_every, width=width, data=ds_data,
                        chunk_size=chunk_size or None, store=out / "store", progress=progress, noether=noether,
-                       rmsprop=rmsprop, sharpness_every=sharpness_every, flow=None if flow == "none" else flow, **grid)
+                       rmsprop=rmsprop, sharpness_every=sharpness_every, flow=None if flow == "none" else flow,
+                       optimizer=None if optimizer == "sgd" else [o.strip() for o in optimizer.split(",")], **grid)
     except (ValueError, TypeError) as e:
         raise BadInput(str(e)) from None
     atomic_write(out / "sweep.nc", bytes(ds.to_netcdf(None, engine="scipy")))

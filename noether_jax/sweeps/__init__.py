@@ -7,6 +7,6 @@ and :func:`status_names` read it. Figures of a sweep are in the application tier
 
 from ._grid import HYPERS, data_key
 from ._store import Store
-from ._sweep import status_names, sweep, sweep_summary
+from ._sweep import OPTIMIZERS, status_names, sweep, sweep_summary
 
-__all__ = ["HYPERS", "Store", "data_key", "status_names", "sweep", "sweep_summary"]
+__all__ = ["HYPERS", "OPTIMIZERS", "Store", "data_key", "status_names", "sweep", "sweep_summary"]

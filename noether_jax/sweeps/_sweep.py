@@ -98,7 +98,10 @@ def sweep(
             model and 64 training examples (the same groups for every member).
         optimizer: a learning rule whose η, β, λ the sweep replaces per member (default
             ``nj.rules.sgd``), or a factory ``Hyper -> optax.GradientTransformation`` (measured only).
-            An optax transformation as it is cannot be swept and is refused.
+            An optax transformation as it is cannot be swept and is refused. A list (``["sgd", "adam"]``,
+            names in :data:`OPTIMIZERS` or rules) sweeps the optimiser as a dimension ``optimizer``: for
+            adam and adamw the ``momentum`` axis is b₁ and ``weight_decay`` is AdamW's decoupled decay
+            (for SGD it is coupled); ``attrs["optimizer"]`` says so. A rule without a law has NaN theory.
         floor: the error metric's floor (:func:`noether_jax.theory.relative_error`), per member and kind.
         noether: also record, per member and kind, kinetic symmetry breaking ``ksb_<kind>`` (the median over
             groups of the time average over the save points of |δ_gK| / 2K: exactly 0 for translation under
@@ -164,9 +167,59 @@ def sweep(
         True
     """
     t_all = time.perf_counter()
+    if isinstance(optimizer, list | tuple):
+        return _over_optimizers(model, locals())
     plan = _plan(model, locals())
     ds = _execute(plan, devices=devices, chunk_size=chunk_size, store=store, progress=progress, on_chunk=on_chunk)
     ds.attrs["total_time_s"] = time.perf_counter() - t_all
+    return ds
+
+
+# the optimiser dimension: what the swept η, β and λ mean for each named rule
+OPTIMIZERS = {
+    "sgd": "η = lr, β = heavy-ball momentum, λ = coupled weight decay (the gradient of (λ/2)|θ|²)",
+    "adam": "η = lr, β = b1 (b2 = 0.999, eps = 1e-8), λ must be 0",
+    "adamw": "η = lr, β = b1 (b2 = 0.999, eps = 1e-8), λ = decoupled weight decay (AdamW's, applied to θ apart from the gradient)",
+    "rmsprop": "η = lr (decay = 0.9, eps = 1e-8), β and λ must be 0",
+}
+
+
+def _named_rule(name: Any):
+    from .. import rules
+
+    if not isinstance(name, str):
+        return name
+    if name not in OPTIMIZERS:
+        raise ValueError(f"unknown optimizer {name!r} in the `optimizer` list: use a rule or one of {sorted(OPTIMIZERS)}.")
+    return {"sgd": None, "adam": rules.adam(lr=0.1), "adamw": rules.adamw(lr=0.1), "rmsprop": rules.rmsprop(lr=0.1)}[name]
+
+
+def _over_optimizers(model: Any, args: dict) -> xr.Dataset:
+    """``optimizer=[...]``: one sweep per optimiser (each its own compiled program: their states differ),
+    joined along an ``optimizer`` dimension; variables one optimiser lacks are NaN for it."""
+    import xarray as xr
+
+    names = [o if isinstance(o, str) else type(o).__name__.lower() for o in args["optimizer"]]
+    if len(set(names)) != len(names) or not names:
+        raise ValueError(f"`optimizer` must list distinct optimisers, got {names}.")
+    rules_ = [_named_rule(o) for o in args["optimizer"]]  # refuse an unknown name before any compile
+    kw = {k: v for k, v in args.items() if k not in ("model", "optimizer", "t_all")}
+    parts = []
+    for name, rule in zip(names, rules_, strict=True):
+        store = None if kw["store"] is None else os.path.join(os.fspath(kw["store"]), name)
+        parts.append(sweep(model, **(kw | {"optimizer": rule, "store": store})))
+    every = sorted(set().union(*(p.data_vars for p in parts)))
+    for p in parts:
+        for v in every:
+            if v not in p.data_vars:
+                ref = next(q[v] for q in parts if v in q.data_vars)
+                p[v] = xr.full_like(ref, np.nan, dtype=float)
+    ds = xr.concat(parts, dim=xr.DataArray(names, dims="optimizer", name="optimizer"), data_vars="all", coords="minimal",
+                   compat="override", combine_attrs="override")
+    ds.attrs["optimizer"] = "; ".join(f"{n}: {OPTIMIZERS.get(n, 'a rule: its with_hyper maps η, β, λ')}" for n in names)
+    for k in ("compile_time_s", "xla_compile_time_s", "run_time_s", "chunks_run", "chunks_loaded"):
+        ds.attrs[k] = sum(p.attrs.get(k, 0) for p in parts)
+    ds.attrs["total_time_s"] = time.perf_counter() - args["t_all"]
     return ds
 
 
@@ -492,4 +545,4 @@ def sweep_summary(ds: xr.Dataset) -> dict:
     return summ
 
 
-__all__ = ["status_names", "sweep", "sweep_summary"]
+__all__ = ["OPTIMIZERS", "status_names", "sweep", "sweep_summary"]
