@@ -8,7 +8,18 @@ from pathlib import Path
 
 import numpy as np
 
-from ._figures import write_figure
+from ._figures import WIDTH_IN, write_figure
+
+_FACET = {"weight_decay": "λ", "batch_size": "S", "init_scale": "init ×"}
+
+
+def sweep_label(var: str) -> str:
+    """A sweep variable in words."""
+    if var.startswith("error_median_"):
+        return f"{var.removeprefix('error_median_')} law: median per-group relative error"
+    if var.startswith("error_max_"):
+        return f"{var.removeprefix('error_max_')} law: worst per-group relative error"
+    return {"final_loss": "final training loss (cross-entropy)", "test_accuracy": "test accuracy"}.get(var, var.replace("_", " "))
 
 
 def sweep_figures(ds, out_dir: str | os.PathLike) -> list[Path]:
@@ -37,7 +48,8 @@ def sweep_figures(ds, out_dir: str | os.PathLike) -> list[Path]:
         facets = list(itertools.product(*(ds[d].values for d in facet_dims))) or [()]
         ncol = min(len(facets), 4)
         nrow = -(-len(facets) // ncol)
-        fig, axes = plt.subplots(nrow, ncol, figsize=(3.6 * ncol, 3.0 * nrow), squeeze=False)
+        fig, axes = plt.subplots(nrow, ncol, figsize=(max(WIDTH_IN * 0.75, min(WIDTH_IN, 2.6 * ncol + 1.4)), 2.6 * nrow + 0.8),
+                                 squeeze=False, layout="constrained")
         finite = np.asarray(da.values, float)[np.isfinite(np.asarray(da.values, float))]
         vmin, vmax = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
         log = var.startswith("error") and vmin > 0
@@ -46,17 +58,19 @@ def sweep_figures(ds, out_dir: str | os.PathLike) -> list[Path]:
             sel = da.sel(dict(zip(facet_dims, facet))) if facet_dims else da
             z = np.asarray(sel.transpose("momentum", "lr").values, float)
             im = ax.imshow(np.ma.masked_invalid(z), origin="lower", aspect="auto", cmap="viridis", norm=norm)
-            ax.set_xticks(range(ds.sizes["lr"]), [f"{v:g}" for v in ds["lr"].values], rotation=45)
-            ax.set_yticks(range(ds.sizes["momentum"]), [f"{v:g}" for v in ds["momentum"].values])
-            ax.set_xlabel("lr η")
-            ax.set_ylabel("momentum β")
-            ax.set_title(", ".join(f"{d}={v:g}" for d, v in zip(facet_dims, facet)) or var, fontsize=9)
+            ax.set_xticks(range(ds.sizes["lr"]), [f"{v:g}" for v in ds["lr"].values], rotation=45, ha="right", fontsize=8)
+            ax.set_yticks(range(ds.sizes["momentum"]), [f"{v:g}" for v in ds["momentum"].values], fontsize=8)
+            ax.set_xlabel("learning rate η", fontsize=8)
+            ax.set_ylabel("momentum β", fontsize=8)
+            if facet_dims:
+                ax.set_title(", ".join(f"{_FACET.get(d, d)} = {v:g}" for d, v in zip(facet_dims, facet)), fontsize=8)
             for (i, j), val in np.ndenumerate(z):
                 ax.text(j, i, "—" if not np.isfinite(val) else f"{val:.2g}", ha="center", va="center", fontsize=7, color="w")
         for ax in list(axes.flat)[len(facets):]:
             ax.axis("off")
-        fig.colorbar(im, ax=axes.ravel().tolist(), shrink=0.8, label=var + (" (median over seeds)" if "seed" in ds.dims else ""))
-        fig.suptitle(f"{var}: {ds.attrs.get('model', '')}, {ds.attrs.get('steps', '')} steps", fontsize=10)
+        cb = fig.colorbar(im, ax=axes.ravel().tolist(), shrink=0.9)
+        cb.set_label(sweep_label(var) + (f"\n(median over {ds.sizes['seed']} seeds)" if "seed" in ds.dims else ""), fontsize=8)
+        fig.suptitle(f"{sweep_label(var)}\n{ds.attrs.get('model', '')}, {ds.attrs.get('steps', '')} steps", fontsize=9)
         path = out / f"heatmap_{var}.png"
         write_figure(fig, path)
         paths.append(path)
