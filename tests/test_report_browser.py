@@ -39,7 +39,7 @@ def test_report_renders_in_a_headless_browser(reproduced):
             page = browser.new_page(viewport={"width": 1000, "height": 1400})
             page.on("console", lambda m: errors.append(f"console {m.type}: {m.text}") if m.type == "error" else None)
             page.on("pageerror", lambda e: errors.append(f"page error: {e}"))
-            page.goto((reproduced / "report.html").as_uri(), wait_until="load")
+            page.goto((reproduced / "report.html").resolve().as_uri(), wait_until="load")
             images = page.evaluate(
                 "Array.from(document.images).map(i => ({alt: i.alt, ok: i.complete && i.naturalWidth > 0,"
                 " natural: i.naturalWidth, shown: i.getBoundingClientRect().width}))")

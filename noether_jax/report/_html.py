@@ -79,7 +79,7 @@ _STYLE = (
     "text-align:left;vertical-align:top}th{background:#f4f4f4}img{max-width:100%;height:auto}"
     "figure{margin:1em 0}figcaption{font-size:13px;color:#333}section{border-top:2px solid #eee;margin-top:2em}"
     "section.sub{border-top:1px dashed #eee;margin-top:1.2em}.pass{color:#1a7f37;font-weight:bold}"
-    ".fail{color:#cf222e;font-weight:bold}.verdict{font-size:15px}td.num{text-align:right;white-space:nowrap}"
+    ".fail{color:#cf222e;font-weight:bold}.verdict{font-size:15px}td.num{text-align:right}.n{white-space:nowrap}small{color:#555}"
 )
 
 
@@ -94,8 +94,8 @@ def _headline(claims: list[Claim]) -> list[str]:
         claim = f"<a href='#{c.section}'>{html.escape(c.claim)}</a>" if c.section else html.escape(c.claim)
         measured = float("nan") if c.measured is None else float(c.measured)
         rows.append(f"<tr data-key='{html.escape(c.key)}' data-measured='{measured!r}'><td>{claim}</td>"
-                    f"<td>{c.prediction}</td><td class='num' title='{html.escape(c.metric)}'>{c.measured_text}"
-                    f"<br><small>{html.escape(c.metric)}</small></td><td class='num'>{c.tolerance_text}</td>"
+                    f"<td>{c.prediction}</td><td class='num' title='{html.escape(c.metric)}'><span class='n'>{c.measured_text}</span>"
+                    f"<br><small>{html.escape(c.metric)}</small></td><td class='num'><span class='n'>{c.tolerance_text}</span></td>"
                     f"<td>{verdict}</td></tr>")
     rows.append("</table>")
     return rows
