@@ -115,7 +115,9 @@ def nm_section(summary: dict, figs, anchor: str, index: int = 0) -> Section:
         "the driven damped oscillator Ẍ + 2γẊ + ω²X = 2|θ̇_𝒜|² fed the measured velocities"
     sec = Section(
         title=f"{cfg['model']}, η = {cfg['lr']:g}, β = {cfg['momentum']:g}, λ = {cfg['weight_decay']:g}, S = {cfg['batch_size']}",
-        measurement=f"{cfg['steps']} steps of optax heavy-ball SGD on digits; theory: {theory}.",
+        measurement=f"{cfg['model']} (width {cfg['width']}) trained on digits for {cfg['steps']} steps by optax heavy-ball SGD "
+                    f"with η = {cfg['lr']:g}, β = {cfg['momentum']:g}, λ = {cfg['weight_decay']:g}, batch {cfg['batch_size']}; "
+                    f"theory: {theory}.",
         error=(f"The run diverged at step {summary.get('diverged_step')}: no figures are shown." if summary["diverged"] else "")
         + " " + stability_note(stab),
         table=rows, anchor=anchor, level=3, claims=nm_claims(summary, index, anchor),
