@@ -44,6 +44,34 @@ def _mappings() -> int:
         return 0
 
 
+def _keep_executed_notebooks() -> None:
+    """Save each notebook the test run executes (nbmake) to ``runs/notebooks/``, outputs included: the docs
+    site renders those copies (``docs/hooks.py``), while the repository keeps the stripped ones."""
+    try:
+        import nbformat
+        from nbmake.nb_run import NotebookRun
+    except ImportError:  # nbmake not installed: nothing to keep
+        return
+    execute = NotebookRun.execute
+    if getattr(execute, "_keeps_copies", False):
+        return
+
+    def execute_and_keep(self):
+        res = execute(self)
+        if res.error is None:
+            from noether_jax._io import atomic_write
+
+            out = Path(__file__).resolve().parent / "runs" / "notebooks"
+            out.mkdir(parents=True, exist_ok=True)
+            atomic_write(out / Path(self.filename).name, nbformat.writes(res.nb).encode("utf-8"))
+        return res
+
+    execute_and_keep._keeps_copies = True
+    NotebookRun.execute = execute_and_keep
+
+
+_keep_executed_notebooks()
+
 _LIMIT = _read_int("/proc/sys/vm/max_map_count", 65530) // 2
 
 

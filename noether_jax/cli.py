@@ -105,7 +105,8 @@ def demo(
     except ValueError as e:
         raise BadInput(str(e)) from None
     out = _out_dir(out)
-    result = run_demo(lr=lr, momentum=momentum, weight_decay=weight_decay, time=time)
+    with _busy("compiling and running the demo"):
+        result = run_demo(lr=lr, momentum=momentum, weight_decay=weight_decay, time=time)
     typer.echo(format_table(result.table))
     plots.write_figure(plots.plot_demo(result), out / "demo.png")
     write_json(result.to_dict(), out / "summary.json")
@@ -113,10 +114,19 @@ def demo(
     _single_run_verdict(result.guard.summary(), out)
 
 
+def _busy(desc: str):
+    """A spinner with the elapsed time on a terminal (compilation and a compiled scan report nothing themselves)."""
+    import sys
+
+    from ._progress import spinner
+
+    return spinner(desc, enabled=sys.stderr.isatty())
+
+
 def _single_run_verdict(stab: dict, out: Path) -> None:
-    """One line on the guard; exit 1 when the run diverged (its outputs are written)."""
+    """One line on the guard; exit 1, in the words every command uses, when the run diverged (its outputs are written)."""
     if stab.get("diverged"):
-        _fail(f"the run diverged at step {stab.get('diverged_step')}; outputs written to {out}", 1)
+        _fail(diverged_message(stab.get("diverged_step"), out), 1)
     if stab.get("checked"):
         if stab.get("valid"):
             verdict = "valid: the continuous model applies"
@@ -127,6 +137,26 @@ def _single_run_verdict(stab: dict, out: Path) -> None:
         sharp = stab.get("max_sharpness")
         typer.echo(f"guard: max η·λ_max {float('nan') if sharp is None else sharp:.3g} vs {stab.get('threshold_label')} = "
                    f"{stab.get('threshold') or float('nan'):.3g}: {verdict}")
+
+
+def diverged_message(step, out: Path) -> str:
+    """The one sentence of every command for a diverged single run."""
+    return f"the run diverged at step {step} (status 'diverged'); its outputs are written to {out}"
+
+
+def members_note(status: dict[str, int]) -> str:
+    """The one sentence of ``sweep`` and ``reproduce`` for members or runs that did not finish ok ('' when all did).
+
+    Example:
+        >>> members_note({"ok": 3, "diverged": 1, "nan": 0, "invalid": 0, "edge": 0})
+        "note: 1 of 4 members did not finish ok: 1 diverged (status 'diverged'); the other members are unaffected"
+    """
+    n = sum(status.values())
+    bad = {k: v for k, v in status.items() if k != "ok" and v}
+    if not bad:
+        return ""
+    parts = ", ".join(f"{v} {k} (status '{k}')" for k, v in bad.items())
+    return f"note: {sum(bad.values())} of {n} members did not finish ok: {parts}; the other members are unaffected"
 
 
 @app.command("neural-mechanics")
@@ -157,8 +187,11 @@ def neural_mechanics_cmd(
     except (ValueError, TypeError) as e:
         raise BadInput(str(e)) from None
     out = _out_dir(out)
-    typer.echo(f"training {cfg.model} for {cfg.steps} steps (one compiled scan) ...", err=True)
-    result = neural_mechanics(cfg)
+    with _busy(f"compiling and training {cfg.model} for {cfg.steps} steps (one compiled scan)"):
+        result = neural_mechanics(cfg)
+    t = result.summary.get("timing_s", {})
+    if t:
+        typer.echo(f"compile {t['compile']:.1f} s, run {t['run']:.1f} s", err=True)
     summary, _ = nm_outputs(result, out)
     write_json(summary, out / "summary.json")
     for kind, e in summary.get("symmetries", {}).items():
@@ -182,6 +215,13 @@ def reproduce(
 
     out = _out_dir(out)
     summary = run(out, quick=quick)
+    v = summary.get("verdicts", [])
+    typer.echo(f"verdicts: {sum(c['passed'] for c in v)} of {len(v)} claims hold"
+               + "".join(f"\n  ✘ {c['claim']}" for c in v if not c["passed"]))
+    runs = [r.get("status", "ok") for r in summary.get("neural_mechanics", [])]
+    note = members_note({s: runs.count(s) for s in dict.fromkeys(["ok", *runs])}).replace("members", "runs")
+    if note:
+        typer.echo(note, err=True)
     typer.echo(f"wrote {out / 'report.html'} and {out / 'summary.json'} in {summary['elapsed_s']:.0f} s")
 
 
@@ -257,6 +297,9 @@ def sweep(
     typer.echo(f"{summ['n_members']} members: {summ['status']}; compile {ds.attrs['compile_time_s']:.1f} s, "
                f"run {ds.attrs['run_time_s']:.1f} s ({ds.attrs['chunks_run']} chunks run, {ds.attrs['chunks_loaded']} loaded)")
     typer.echo(f"wrote {out / 'sweep.nc'}, {out / 'summary.json'} and {len(figs)} heat maps in {out}")
+    note = members_note(summ["status"])
+    if note:
+        typer.echo(note, err=True)
 
 
 @app.command()
@@ -293,7 +336,8 @@ def nld(
         raise BadInput(str(e)) from None
     out = _out_dir(out)
     try:
-        result = run_nld(cfg)
+        with _busy(f"compiling and running NLD on {model} ({'quick' if quick else 'full'} sizes)"):
+            result = run_nld(cfg)
     except ValueError as e:
         raise BadInput(str(e)) from None
     s = nld_outputs(result, out)
@@ -306,7 +350,7 @@ def nld(
                f"{a['constrained_final_loss']:.4f}")
     typer.echo(f"wrote {out}/summary.json, figures and nld_data.npz")
     if int(result.comparison.track.diverged_step[0]) >= 0:
-        _fail(f"the SGD run diverged at step {int(result.comparison.track.diverged_step[0])}; outputs written to {out}", 1)
+        _fail(diverged_message(int(result.comparison.track.diverged_step[0]), out), 1)
 
 
 def main() -> None:

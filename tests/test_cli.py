@@ -8,7 +8,7 @@ import pytest
 import xarray as xr
 from typer.testing import CliRunner
 
-from noether_jax.cli import app
+from noether_jax.cli import app, diverged_message, members_note
 
 runner = CliRunner()
 
@@ -55,6 +55,8 @@ def test_a_diverging_run_is_reported_as_diverged_and_nothing_else(tmp_path):
     assert "diverged" in res.output
     summary = json.loads((out / "summary.json").read_text())
     assert summary["diverged"] is True and summary["diverged_step"] >= 0
+    # the sentence every single-run command (demo, neural-mechanics, nld) uses for a diverged run
+    assert f"error: {diverged_message(summary['diverged_step'], out)}" in res.output
     assert summary["final_test_accuracy"] is None
     assert all(set(e) == {"n_groups"} for e in summary["symmetries"].values())
     assert not list(out.glob("*.png"))
@@ -81,3 +83,29 @@ def test_demo_runs(tmp_path):
     res = runner.invoke(app, ["demo", "--time", "2", "--out", str(tmp_path / "demo")])
     assert res.exit_code == 0, res.output
     assert (tmp_path / "demo" / "demo.png").exists()
+
+
+def test_sweep_note_and_the_compile_spinner():
+    """``sweep``/``reproduce`` name the members that did not finish ok in one sentence; the spinner animates an
+    existing bar with the elapsed time while a block (a compilation) runs, then says how long it took."""
+    import io
+    import time
+
+    from tqdm import tqdm
+
+    from noether_jax._progress import spinner
+
+    assert members_note({"ok": 4, "diverged": 0}) == ""
+    assert members_note({"ok": 2, "diverged": 1, "edge": 1}) == (
+        "note: 2 of 4 members did not finish ok: 1 diverged (status 'diverged'), 1 edge (status 'edge'); "
+        "the other members are unaffected")
+    buf = io.StringIO()
+    bar = tqdm(total=2, desc="sweep chunks", file=buf)
+    with spinner("compiling (batch size 8)", bar=bar, interval=0.05):
+        time.sleep(0.4)
+    bar.update(2)
+    bar.close()
+    text = buf.getvalue()
+    assert "compiling (batch size 8)" in text and "compiling took 0 s" in text
+    assert any(f"{frame} 0 s" in text for frame in "⠋⠙⠹⠸⠼⠴⠦⠧⠇⠏")
+    assert text.rstrip().splitlines()[-1].lstrip("\r").split("\r")[-1].startswith("sweep chunks")

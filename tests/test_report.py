@@ -7,18 +7,10 @@ import json
 import re
 
 import pytest
-from typer.testing import CliRunner
 
-from noether_jax.cli import app
-from noether_jax.report import flatten
+from noether_jax.report import lookup
 
-
-@pytest.fixture(scope="module")
-def reproduced(tmp_path_factory):
-    out = tmp_path_factory.mktemp("reproduce")
-    res = CliRunner().invoke(app, ["reproduce", "--quick", "--out", str(out)])
-    assert res.exit_code == 0, res.output
-    return out
+# ``reproduced`` (the quick report's folder, built once per session) is in tests/conftest.py
 
 
 def test_report_is_produced_and_self_contained(reproduced):
@@ -40,20 +32,47 @@ def test_report_has_a_figure_for_each_symmetry_and_the_required_sections(reprodu
     assert "id='environment'" in text and "jax" in text
 
 
+def _headline(text):
+    table = re.search(r"<table id='headline'>(.*?)</table>", text, re.S).group(1)
+    return re.findall(r"<tr data-key='(.*?)' data-measured='(.*?)'>(.*?)</tr>", table, re.S)
+
+
 def test_report_numbers_match_summary_json(reproduced):
     summary = json.loads((reproduced / "summary.json").read_text())
     text = (reproduced / "report.html").read_text(encoding="utf-8")
     embedded = json.loads(html.unescape(re.search(r"id='summary-json'>(.*?)</script>", text, re.S).group(1)))
     assert embedded == summary
-    rows = dict(re.findall(r"<tr><td class='k'>(.*?)</td><td>(.*?)</td></tr>", text))
-    flat = {k: v for k, v in flatten(summary).items() if isinstance(v, float)}
-    assert len(flat) > 10
-    for key, value in flat.items():
-        shown = rows[html.escape(key)]
-        assert float(shown) == pytest.approx(value, rel=1e-3, abs=1e-12), key
+    rows = _headline(text)
+    assert len(rows) >= 20 and len(rows) == len(summary["verdicts"])
+    for (key, measured, cells), verdict in zip(rows, summary["verdicts"], strict=True):
+        key = html.unescape(key)
+        assert key == verdict["key"] and key, verdict
+        value = lookup(summary, key)  # every headline number is the one in summary.json
+        assert float(measured) == pytest.approx(value, rel=1e-12, abs=0), key
+        # the verdict shown is the comparison of that number with the tolerance shown
+        ok = {"<=": value <= verdict["tolerance"], "<": value < verdict["tolerance"], ">=": value >= verdict["tolerance"],
+              ">": value > verdict["tolerance"]}[verdict["comparison"]]
+        assert ok == verdict["passed"] and ("✔" in cells) == ok and ("✘" in cells) == (not ok), (key, value, verdict)
+        if not ok:  # a failing row links to the section that explains it
+            assert f"href='#{verdict['section']}'" in cells and f"id='{verdict['section']}'" in text
     for kind in ("translation", "rescale"):
         assert summary["symmetries"][kind]["median_rel_error"] <= 0.01
     assert summary["final_test_accuracy"] >= 0.9
+
+
+def test_report_is_curated(reproduced):
+    """No repeated paragraph or figure, every section with claims opens with its verdict, no raw dotted keys."""
+    text = (reproduced / "report.html").read_text(encoding="utf-8")
+    body = text.split("<script type='application/json'")[0]
+    paragraphs = [p for p in re.findall(r"<p>(.*?)</p>", body, re.S) if len(p) > 80]
+    assert len(paragraphs) == len(set(paragraphs)), "a paragraph appears twice"
+    images = re.findall(r"data:image/png;base64,([A-Za-z0-9+/=]+)", body)
+    assert len(images) == len(set(images)), "a figure appears twice"
+    for section in re.findall(r"<section id='[^']*'[^>]*>(.*?)</section>", body, re.S):
+        if "✔" in section or "✘" in section:
+            assert re.match(r"\s*<h[23]>.*?</h[23]><p class='verdict'>", section, re.S), section[:200]
+    assert not re.search(r"<td[^>]*>[a-z_]+\.[a-z_]+</td>", body), "a raw summary key is shown"
+    assert "Summary table" not in body
 
 
 def test_issue_targets_on_digits(reproduced):

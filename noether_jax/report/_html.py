@@ -12,6 +12,7 @@ from typing import Any
 import jax
 
 from .._io import atomic_write, jsonable
+from ._claims import Claim, verdict_line
 
 
 def flatten(d: dict, prefix: str = "") -> dict[str, Any]:
@@ -56,6 +57,10 @@ def environment() -> dict[str, Any]:
 
 @dataclasses.dataclass
 class Section:
+    """One section of the report: the claim, prediction, measurement and error paragraphs, a table of
+    labelled numbers, figures ``(caption, base64 PNG)``, and the :class:`Claim` rows it contributes to the
+    headline table (the section opens with their verdict). ``level`` 3 nests it under the previous one."""
+
     title: str
     claim: str = ""
     prediction: str = ""
@@ -64,49 +69,101 @@ class Section:
     figures: list[tuple[str, str]] = dataclasses.field(default_factory=list)  # (caption, base64 png)
     table: dict[str, Any] = dataclasses.field(default_factory=dict)
     anchor: str = ""
+    claims: list[Claim] = dataclasses.field(default_factory=list)
+    level: int = 2
+
+
+_STYLE = (
+    "body{font-family:system-ui,sans-serif;max-width:820px;margin:2em auto;padding:0 10px;line-height:1.45}"
+    "table{border-collapse:collapse;font-size:13px;margin:.5em 0}td,th{border:1px solid #ccc;padding:3px 8px;"
+    "text-align:left;vertical-align:top}th{background:#f4f4f4}img{max-width:100%;height:auto}"
+    "figure{margin:1em 0}figcaption{font-size:13px;color:#333}section{border-top:2px solid #eee;margin-top:2em}"
+    "section.sub{border-top:1px dashed #eee;margin-top:1.2em}.pass{color:#1a7f37;font-weight:bold}"
+    ".fail{color:#cf222e;font-weight:bold}.verdict{font-size:15px}td.num{text-align:right}.n{white-space:nowrap}small{color:#555}"
+)
+
+
+def _headline(claims: list[Claim]) -> list[str]:
+    rows = ["<table id='headline'><tr><th>claim</th><th>prediction</th><th>measured error</th><th>tolerance</th>"
+            "<th>verdict</th></tr>"]
+    for c in claims:
+        cls = "pass" if c.passed else "fail"
+        verdict = f"<span class='{cls}'>{c.verdict}</span>"
+        if not c.passed and c.section:
+            verdict = f"<a href='#{c.section}'>{verdict} why</a>"
+        claim = f"<a href='#{c.section}'>{html.escape(c.claim)}</a>" if c.section else html.escape(c.claim)
+        measured = float("nan") if c.measured is None else float(c.measured)
+        rows.append(f"<tr data-key='{html.escape(c.key)}' data-measured='{measured!r}'><td>{claim}</td>"
+                    f"<td>{c.prediction}</td><td class='num' title='{html.escape(c.metric)}'><span class='n'>{c.measured_text}</span>"
+                    f"<br><small>{html.escape(c.metric)}</small></td><td class='num'><span class='n'>{c.tolerance_text}</span></td>"
+                    f"<td>{verdict}</td></tr>")
+    rows.append("</table>")
+    return rows
 
 
 class Report:
-    """A self-contained HTML report: add sections, then :meth:`write`."""
+    """A self-contained HTML report: add sections, then :meth:`write`.
 
-    def __init__(self, title: str):
+    The page opens with the headline table (every section's :class:`Claim` rows, a failing row linking to
+    its section), then the sections, each opening with its verdict, then the environment.
+    """
+
+    def __init__(self, title: str, intro: str = ""):
         self.title = title
+        self.intro = intro
         self.sections: list[Section] = []
 
     def add(self, section: Section) -> Section:
         self.sections.append(section)
         return section
 
+    @property
+    def claims(self) -> list[Claim]:
+        return [c for s in self.sections for c in s.claims]
+
+    def _section(self, s: Section, seen: set[str]) -> list[str]:
+        tag = "h2" if s.level <= 2 else "h3"
+        parts = [f"<section id='{s.anchor}'{' class=sub' if s.level > 2 else ''}><{tag}>{html.escape(s.title)}</{tag}>"]
+        if s.claims:
+            cls = "pass" if all(c.passed for c in s.claims) else "fail"
+            parts.append(f"<p class='verdict'><b>Verdict: <span class='{cls}'>{verdict_line(s.claims)}</span></b> "
+                         + "; ".join(f"{html.escape(c.claim)}: {c.measured_text} ({c.tolerance_text}) {c.verdict}"
+                                     for c in s.claims) + ".</p>")
+        for label, text in (("Claim", s.claim), ("Prediction", s.prediction), ("Measurement", s.measurement), ("Error", s.error)):
+            if text:
+                parts.append(f"<p><b>{label}.</b> {text}</p>")
+        if s.table:
+            parts.append("<table>" + "".join(f"<tr><td>{k}</td><td class='num'>{_fmt(v)}</td></tr>" for k, v in s.table.items())
+                         + "</table>")
+        for caption, b64 in s.figures:
+            if b64 in seen:  # one figure appears once in the report
+                continue
+            seen.add(b64)
+            parts.append(f"<figure><img alt='{html.escape(caption)}' src='data:image/png;base64,{b64}'>"
+                         f"<figcaption>{html.escape(caption)}</figcaption></figure>")
+        parts.append("</section>")
+        return parts
+
     def write(self, path: Path, summary: dict) -> Path:
         parts = [
-            "<!doctype html><html><head><meta charset='utf-8'>",
-            f"<title>{html.escape(self.title)}</title>",
-            "<style>body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;line-height:1.45}"
-            "table{border-collapse:collapse;font-size:13px}td,th{border:1px solid #ccc;padding:3px 8px;text-align:left}"
-            "img{max-width:100%}.k{color:#555}section{border-top:2px solid #eee;margin-top:2em}</style>",
-            "</head><body>",
+            "<!doctype html><html lang='en'><head><meta charset='utf-8'>",
+            "<meta name='viewport' content='width=device-width, initial-scale=1'>",
+            f"<title>{html.escape(self.title)}</title><style>{_STYLE}</style></head><body>",
             f"<h1>{html.escape(self.title)}</h1>",
-            "<p>Generated by <code>noether-jax reproduce</code>. Each section states the claim, the "
-            "prediction, the measurement and the error; every number below is also in "
-            "<code>summary.json</code>.</p><ul>",
         ]
-        parts += [f"<li><a href='#{s.anchor}'>{html.escape(s.title)}</a></li>" for s in self.sections]
-        parts.append("<li><a href='#summary-table'>Summary table</a></li><li><a href='#environment'>Environment</a></li></ul>")
+        if self.intro:
+            parts.append(f"<p>{self.intro}</p>")
+        claims = self.claims
+        if claims:
+            ok = sum(c.passed for c in claims)
+            parts.append(f"<h2 id='verdicts'>Verdicts: {ok} of {len(claims)} claims hold</h2>")
+            parts += _headline(claims)
+        parts.append("<ul>")
+        parts += [f"<li><a href='#{s.anchor}'>{html.escape(s.title)}</a></li>" for s in self.sections if s.level <= 2]
+        parts.append("<li><a href='#environment'>Environment</a></li></ul>")
+        seen: set[str] = set()
         for s in self.sections:
-            parts.append(f"<section id='{s.anchor}'><h2>{html.escape(s.title)}</h2>")
-            for label, text in (("Claim", s.claim), ("Prediction", s.prediction), ("Measurement", s.measurement), ("Error", s.error)):
-                if text:
-                    parts.append(f"<p><b>{label}.</b> {text}</p>")
-            if s.table:
-                parts.append("<table>" + "".join(f"<tr><td>{html.escape(k)}</td><td>{_fmt(v)}</td></tr>" for k, v in s.table.items()) + "</table>")
-            for caption, b64 in s.figures:
-                parts.append(f"<figure><img alt='{html.escape(caption)}' src='data:image/png;base64,{b64}'>"
-                             f"<figcaption>{html.escape(caption)}</figcaption></figure>")
-            parts.append("</section>")
-        flat = {k: v for k, v in flatten(jsonable(summary)).items() if not isinstance(v, list)}
-        parts.append("<section id='summary-table'><h2>Summary table</h2><table><tr><th>key</th><th>value</th></tr>")
-        parts += [f"<tr><td class='k'>{html.escape(k)}</td><td>{_fmt(v)}</td></tr>" for k, v in flat.items()]
-        parts.append("</table></section>")
+            parts += self._section(s, seen)
         env = summary.get("environment", {})
         parts.append("<section id='environment'><h2>Environment</h2><table>")
         parts += [f"<tr><td>{html.escape(k)}</td><td>{_fmt(v)}</td></tr>" for k, v in env.items()]

@@ -91,7 +91,7 @@ def sweep(
             only missing chunks run; a truncated, corrupted or foreign chunk is recomputed with a
             warning. A store written by a different sweep, or a corrupt manifest, is refused.
         devices: the devices to shard the member axis over (default ``jax.devices()``).
-        progress: show a tqdm progress bar over chunks.
+        progress: show a tqdm progress bar over chunks, with a spinner and the elapsed time while a program compiles.
         symmetries: kind -> :class:`~noether_jax.symmetry.MaskedSymmetry` (or a tuple of them, as
             :class:`~noether_jax.Recorder` takes), or a callable ``(net, params, state) -> that``
             called on the first seed's model. Default: ``nj.symmetry.detect`` on the first seed's
@@ -354,6 +354,8 @@ def _config(plan: _Plan, chunk_of: dict) -> dict:
 def _execute(plan: _Plan, *, devices, chunk_size, store, progress, on_chunk) -> xr.Dataset:
     from tqdm.auto import tqdm
 
+    from .._progress import spinner
+
     devs = list(devices) if devices is not None else jax.devices()
     mesh = Mesh(np.array(devs), ("member",))
     n_dev = len(devs)
@@ -383,13 +385,12 @@ def _execute(plan: _Plan, *, devices, chunk_size, store, progress, on_chunk) -> 
                 t["loaded"] += 1
             else:
                 if exe is None:
-                    bar.set_description(f"compiling (batch size {b})")
-                    exe, dynamic, dt, dx = compiled(rec, shared_host, chunk, mesh, scale_only=plan.init_scale_on == "scale",
-                                                    floor=plan.floor, dtype=fdt, flow=plan.flow)
+                    with spinner(f"compiling (batch size {b})", enabled=progress, bar=bar):  # the elapsed compile time
+                        exe, dynamic, dt, dx = compiled(rec, shared_host, chunk, mesh, scale_only=plan.init_scale_on == "scale",
+                                                        floor=plan.floor, dtype=fdt, flow=plan.flow)
                     t["compile"] += dt
                     t["xla"] += dx
                     dynamic = jax.tree.map(lambda a: put(a, repl), dynamic)
-                    bar.set_description("sweep chunks")
                 padded = np.concatenate([ids, np.full(chunk - len(ids), ids[0])])
                 ms = [plan.members[i] for i in padded]
                 args = [
