@@ -161,5 +161,11 @@ def sweep_part(out_dir: Path, *, quick: bool = True):
     return part, [sec]
 
 
-PARTS: list = [("nld", nld_part), ("sweep", sweep_part)]
+def _sweep_physics_part(out_dir: Path, *, quick: bool = True):
+    from ._physics_part import sweep_physics_part
+
+    return sweep_physics_part(out_dir, quick=quick)
+
+
+PARTS: list = [("nld", nld_part), ("sweep", sweep_part), ("sweep_physics", _sweep_physics_part)]
 __all__ = ["PARTS", "nld_claims", "nld_outputs", "nld_part", "nld_section", "sweep_part"]
