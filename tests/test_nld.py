@@ -280,3 +280,63 @@ def test_ksb_report_rules(digits):
         assert by[("scale", rule)]["breaks"] == 1.0 and by[("scale", rule)]["median_abs_dK"] > 0
         assert by[("translation", rule)]["breaks"] == 0.0
         assert by[("translation", rule)]["max_abs_dK"] <= 1e-10 * max(1.0, by[("scale", rule)]["max_abs_dK"])
+
+
+# --------------------------------------------------------------------------- eq. 17 forcings under noise
+def _buffer_power(g, beta):
+    """Ground truth: |vₙ|² of the heavy-ball buffer vₙ = βvₙ₋₁ + gₙ, per group (numpy)."""
+    v, out = np.zeros_like(g[0]), []
+    for gn in g:
+        v = beta * v + gn
+        out.append((v**2).sum(-1))
+    return np.array(out)
+
+
+def _lag_products(g, lags):
+    n = g.shape[0]
+    out = np.full((n, lags, g.shape[1]), np.nan)
+    for i in range(n):
+        for k in range(1, min(lags, i) + 1):
+            out[i, k - 1] = (g[i] * g[i - k]).sum(-1)
+    return out
+
+
+def test_eq17_forcings_against_the_buffer_power():
+    """Every lag is recorded and none averaged: the 'lags' model is the buffer power exactly; a constant
+    gradient makes the noise-aware and geometric models exact too, and the paper's its n → ∞ limit."""
+    rng, beta, n = np.random.default_rng(0), 0.8, 40
+    g = rng.normal(size=(n, 3, 5))
+    kw = dict(lr=0.1, momentum=beta, grad_sq=(g**2).sum(-1))
+    v2 = nld.squared_velocity("lags", grad_lag=_lag_products(g, n), window=1, **kw)
+    np.testing.assert_allclose(v2, _buffer_power(g, beta), rtol=1e-10)
+    c = np.broadcast_to(rng.normal(size=(1, 3, 5)), g.shape)
+    kc = dict(lr=0.1, momentum=beta, grad_sq=(c**2).sum(-1), grad_lag=_lag_products(c, 4))
+    for forcing in ("noise_aware", "spectral", "lags"):
+        got = nld.squared_velocity(forcing, **(kc | ({"grad_lag": _lag_products(c, n)} if forcing == "lags" else {})))
+        np.testing.assert_allclose(got, _buffer_power(c, beta), rtol=1e-10, err_msg=forcing)
+    paper = nld.squared_velocity("paper", **kc)
+    np.testing.assert_allclose(paper[-1], _buffer_power(c, beta)[-1], rtol=1e-3)
+    with pytest.raises(ValueError, match="grad_lag"):
+        nld.squared_velocity("spectral", lr=0.1, momentum=beta, grad_sq=(g**2).sum(-1))
+
+
+@pytest.mark.slow  # 20 s: a 60-step lockstep run with 60 recorded lags
+def test_eq17_forms_on_a_bn_cnn(digits):
+    """SGD with β = 0.9 on the BN CNN: the recorded lag products rebuild the buffer power exactly (λ = 0,
+    all lags, no averaging), the oscillator fed the momentum-filtered forcing holds to 0.5 %, and the
+    paper's forcing is far off (the buffer averages the mini-batch noise)."""
+    net, params, state = models.functional(models.make_model("cnn_bn", width=2, key=0))
+    sym = nld.cnn_scale_symmetry(params)
+    lr, beta, n = 0.03, 0.9, 60
+    opt = nj.rules.sgd(lr=lr, momentum=beta).optimizer()
+    tr = nld.lockstep(net, sym, digits.x_train, digits.y_train, [(params, opt, None)], state, jax.random.key(1), steps=n,
+                      batch_size=32, lags=n)
+    v_true = np.asarray(tr.step_sq[0]) / lr**2
+    v_lags = nld.squared_velocity("lags", lr=lr, momentum=beta, grad_sq=tr.grad_sq[0], grad_lag=tr.grad_lag, window=1)
+    np.testing.assert_allclose(v_lags, v_true, rtol=1e-4)
+    r2 = tr.r2[0]
+    err = lambda f, form: float(np.median(nj.theory.relative_error(  # noqa: E731
+        nld.predict_eq17(f, form, r2, lr=lr, momentum=beta, grad_sq=tr.grad_sq[0], step_sq=tr.step_sq[0],
+                         grad_lag=tr.grad_lag), r2)))
+    assert err("velocity", "oscillator") < 5e-3
+    assert err("paper", "bernoulli") > 10 * err("velocity", "oscillator")

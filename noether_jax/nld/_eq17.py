@@ -9,6 +9,7 @@ import jax.numpy as jnp
 from jaxtyping import Array, ArrayLike, Float
 
 from .. import theory
+from .._tree import is_concrete
 
 
 def effective_learning_rate(r2: Float[ArrayLike, "*S G"], *, lr: ArrayLike, momentum: ArrayLike = 0.0) -> Float[Array, "*S G"]:
@@ -83,7 +84,7 @@ def _running_mean(c: Array, window: int) -> Array:
 def squared_velocity(
     forcing: str, *, lr: ArrayLike, momentum: ArrayLike, grad_sq: Float[ArrayLike, "N G"] | None = None,
     grad_lag: Float[ArrayLike, "N L G"] | None = None, step_sq: Float[ArrayLike, "N G"] | None = None,
-    window: int = 50,
+    window: int | None = None,
 ) -> Float[Array, "N G"]:
     """|vₙ|² per group for one forcing model, vₙ the heavy-ball buffer (θₙ₊₁ − θₙ = −ηvₙ).
 
@@ -93,12 +94,14 @@ def squared_velocity(
     * ``"paper"``: Cₖ = C₀ (a constant gradient), |v|² = C₀/(1−β)²: NLD eq. 17's terminal velocity;
     * ``"noise_aware"``: a constant signal S plus white noise, Cₖ = S, with S the moving average of the
       lag-1 product (consecutive mini-batches have independent noise, so it estimates |g_full|²);
-    * ``"spectral"``: geometric lags Cₖ = C̄₁ρᵏ⁻¹, ρ = C̄₂/C̄₁ (clipped to [−0.99, 0.99]) from moving averages;
+    * ``"spectral"``: geometric lags Cₖ = C̄₁ρᵏ⁻¹, ρ = C̄₂/C̄₁ (clipped to [−1, 1]) from moving averages;
     * ``"lags"``: Cₖ = C̄ₖ, the moving averages of the measured lag products for k ≤ L (0 beyond);
     * ``"velocity"``: the measured |θ̇|² = |Δθ_𝒜|²/η² (``step_sq``), the momentum-filtered forcing itself.
 
     ``grad_lag`` is (N, L, G) ⟨g_𝒜,n, g_𝒜,n−k⟩ (``Track.grad_lag``; NaN before step k); ``window`` the
-    averaging window of the lag statistics, in steps.
+    averaging window of the lag statistics, in steps: by default the buffer's own memory 1/(1−β), chosen
+    a priori, not fitted. (Without averaging and with every lag, the ``"lags"`` model is the buffer power
+    itself; the longer the average, the more it is a statistical model.)
     """
     if forcing not in FORCINGS:
         raise ValueError(f"`forcing` must be one of {FORCINGS}, got {forcing!r}.")
@@ -119,6 +122,10 @@ def squared_velocity(
     big_l = lag.shape[1]
     if forcing in ("noise_aware", "spectral") and big_l < (1 if forcing == "noise_aware" else 2):
         raise ValueError(f"the {forcing!r} forcing needs at least {1 if forcing == 'noise_aware' else 2} lags.")
+    if window is None:
+        if not is_concrete(momentum):
+            raise ValueError("`momentum` is traced: pass the averaging `window` (an int, in steps) explicitly.")
+        window = max(1, round(1.0 / (1.0 - float(momentum))))
     cbar = _running_mean(lag, window)  # (N, L, G)
     if forcing == "lags":
         k = jnp.arange(1, big_l + 1)
@@ -128,7 +135,7 @@ def squared_velocity(
         # Σ_{k=1}^{n} βᵏ C₁ρᵏ⁻¹ = βC₁(1 − (βρ)ⁿ)/(1 − βρ); the noise-aware model is ρ = 1 with C₁ = S
         c1 = cbar[:, 0]
         rho = jnp.ones_like(c1) if forcing == "noise_aware" else jnp.clip(
-            cbar[:, 1] / jnp.where(c1 != 0, c1, 1.0), -0.99, 0.99)
+            cbar[:, 1] / jnp.where(c1 != 0, c1, 1.0), -1.0, 1.0)
         br = beta * rho
         nn = n[:, None].astype(c0.dtype)
         geom = jnp.where(jnp.abs(1.0 - br) > 1e-12, (1.0 - br**nn) / jnp.where(jnp.abs(1.0 - br) > 1e-12, 1.0 - br, 1.0), nn)
