@@ -142,3 +142,27 @@ def test_the_optimizer_is_a_swept_dimension_and_adam_members_are_optax_adam(digi
     # the SGD slice is the plain SGD sweep
     sgd = nj.sweep("mlp", **kw)
     np.testing.assert_array_equal(ds.final_loss.sel(optimizer="sgd").values, sgd.final_loss.values)
+
+
+def test_every_eq17_form_of_a_member_equals_the_nld_experiments_scoring(digits):
+    from noether_jax.experiments.nld import eq17_forms
+
+    kw = dict(lr=[0.05], momentum=[0.0, 0.9], weight_decay=[5e-4], steps=12, save_every=6, width=2, batch_size=32, seed=[0],
+              progress=False, dtype="float64", data=digits)
+    ds = nj.sweep("cnn_bn", eq17_forms=True, **kw)
+    # ground truth: the nld experiment's scoring of a per-step lockstep run of the same configuration (same batches)
+    net, params, state = models.functional(models.make_model("cnn_bn", key=0, width=2))
+    sym = nj.symmetry.detect(net, params, (digits.x_train[:64], digits.y_train[:64]), state=state).symmetries["scale"]
+    for b in kw["momentum"]:
+        rule = nj.rules.sgd(lr=0.05, momentum=b, weight_decay=5e-4)
+        tr = nj.nld.lockstep(net, sym, digits.x_train, digits.y_train, [(params, rule.optimizer(), None)], state,
+                             nj.sweeps.data_key(0), steps=12, batch_size=32, lags=4)
+        want = eq17_forms(tr, 0, lr=0.05, momentum=b, weight_decay=5e-4)
+        sel = ds.sel(momentum=b).squeeze()
+        for forcing, forms in want.items():
+            for form, err in forms.items():
+                np.testing.assert_allclose(float(sel[f"eq17_{forcing}_{form}"]), err, rtol=1e-9, atol=1e-12,
+                                           err_msg=f"{forcing} {form} β={b}")
+        # the paper's Bernoulli form is the sweep's in-scan eq. 17 (the same law, two codes), scored over every step
+        # rather than at the save points only: its worst case over more points can only be larger
+        assert float(sel.eq17_paper_bernoulli) >= float(sel.eq17_error_median) * (1 - 1e-9)

@@ -24,6 +24,7 @@ both regimes; its RMSProp counterpart accumulates the momentum buffer (``accumul
 from ._companion import RMSPropCompanion
 from ._compare import Comparison, RMSPropMatch, cnn_scale_symmetry, compare_rmsprop, constrain_norm, rmsprop_match
 from ._eq17 import FORCINGS, FORMS, effective_learning_rate, eq17_errors, predict_eq17, predict_r4_velocity, squared_velocity
+from ._forms import Eq17Forms
 from ._lockstep import GroupTrack, Track, lockstep
 from ._rmsprop import (
     Accumulate,
@@ -40,6 +41,7 @@ __all__ = [
     "FORMS",
     "Accumulate",
     "Comparison",
+    "Eq17Forms",
     "GroupRMSState",
     "GroupTrack",
     "RMSPropCompanion",

@@ -88,6 +88,8 @@ def _physics(rec: Recorder, out, floor: float) -> dict:
     if "rmsprop" in out.companions:
         c = out.companions["rmsprop"]
         summ["rmsprop_angle_max"], summ["rmsprop_lr_eff_error"] = c["angle_max"][-1], c["lr_eff_error_max"][-1]
+    for name, err in out.companions.get("eq17", {}).items():
+        summ[f"eq17_{name}"] = err
     if rec.sharpness_every:
         g = out.guard
         summ["sharpness_max"] = jnp.max(jnp.where(jnp.isfinite(g.sharpness), g.sharpness, -jnp.inf))

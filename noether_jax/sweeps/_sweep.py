@@ -56,6 +56,7 @@ def sweep(
     dtype: str = "float32",
     noether: bool = False,
     rmsprop: bool = False,
+    eq17_forms: bool = False,
     sharpness_every: int = 0,
     flow: str | None = None,
     on_chunk: Callable[[int, int], None] | None = None,
@@ -111,6 +112,10 @@ def sweep(
             mini-batches (:class:`noether_jax.nld.RMSPropCompanion`; needs scale groups): ``rmsprop_angle_max``
             (the worst angle, in degrees, between the two runs' group directions) and ``rmsprop_lr_eff_error``
             (the worst relative error of lr/√G against η/r²).
+        eq17_forms: also score every forcing of NLD eq. 17 (paper, noise_aware, spectral, lags, velocity) in both
+            forms (bernoulli: inertia-free; oscillator: inertia kept) per member (:class:`noether_jax.nld.Eq17Forms`;
+            needs scale groups; keeps per-step statistics, O(steps × groups) per member):
+            ``eq17_<forcing>_<form>``, the median over scale groups of the relative error of the predicted r².
         sharpness_every: estimate λ_max every this many steps (a multiple of ``save_every`` dividing ``steps``;
             0: off): ``sharpness_max`` (the largest η·λ_max) and ``edge_of_stability`` (1 where η·λ_max passed
             the rule's threshold 2(1+β), 0 where not, NaN where unknown); such members get status 4.
@@ -276,14 +281,15 @@ def _plan(model: Any, args: dict) -> _Plan:
     return _Plan(name=name, net=net, params=params_by_seed, state=state_by_seed, seeds=seeds, syms=syms, data=data,
                  members=members, values=vals, cartesian=args["grid"] is True, steps=steps, save_every=save_every,
                  optimizer=optimizer, width=args["width"], init_scale_on=args["init_scale_on"], floor=float(args["floor"]),
-                 dtype=dtype, noether=bool(args["noether"]), rmsprop=bool(args["rmsprop"]),
+                 dtype=dtype, noether=bool(args["noether"]), rmsprop=bool(args["rmsprop"]), eq17_forms=bool(args["eq17_forms"]),
                  sharpness_every=int(args["sharpness_every"]), flow=args["flow"])
 
 
 def _recorder(plan: _Plan, batch_size: int) -> Recorder:
-    from ..nld import RMSPropCompanion
+    from ..nld import Eq17Forms, RMSPropCompanion
 
     companions = (RMSPropCompanion(plan.syms["scale"]),) if plan.rmsprop else ()
+    companions += (Eq17Forms(plan.syms["scale"], steps=plan.steps),) if plan.eq17_forms else ()
     return Recorder(plan.net, plan.syms, plan.data.x_train, plan.data.y_train, batch_size=batch_size, steps=plan.steps,
                     save_every=plan.save_every, optimizer=plan.optimizer, noether=plan.noether, companions=companions,
                     sharpness_every=plan.sharpness_every, save_params=plan.flow is not None)
@@ -295,9 +301,10 @@ def _check_physics(args: dict, syms: dict, members: list, data, net, params, sta
     if every and (every % args["save_every"] or args["steps"] % every):
         raise ValueError(f"invalid `sharpness_every` value {every}: it must be a multiple of `save_every` ({args['save_every']}) "
                          f"that divides `steps` ({args['steps']}).")
-    if args["rmsprop"] and ("scale" not in syms or isinstance(syms["scale"], tuple)):
-        raise ValueError("`rmsprop=True` needs the model's scale groups (one Scale symmetry, e.g. a BatchNorm CNN); "
-                         "this model has none.")
+    for opt in ("rmsprop", "eq17_forms"):
+        if args[opt] and ("scale" not in syms or isinstance(syms["scale"], tuple)):
+            raise ValueError(f"`{opt}=True` needs the model's scale groups (one Scale symmetry, e.g. a BatchNorm CNN); "
+                             "this model has none.")
     flow = args["flow"]
     if flow is None:
         return
@@ -346,7 +353,7 @@ def _config(plan: _Plan, chunk_of: dict) -> dict:
         "init": fingerprint((plan.params, plan.state)),
         "symmetries": fingerprint(plan.syms) + str(jax.tree.structure(plan.syms)), "init_scale_on": plan.init_scale_on,
         "floor": plan.floor, "dtype": str(plan.dtype),
-        "physics": [plan.noether, plan.rmsprop, plan.sharpness_every, plan.flow],
+        "physics": [plan.noether, plan.rmsprop, plan.sharpness_every, plan.flow] + ([True] if plan.eq17_forms else []),
         "optimizer": "sgd" if plan.optimizer is None else f"{type(plan.optimizer).__name__}:{fingerprint(plan.optimizer)}",
     }
 
@@ -477,9 +484,9 @@ def _assemble(results, members, values, cartesian: bool, syms, steps: int, save_
         ds[f"error_median_{kind}"].attrs["description"] = (f"median over {kind} groups of max_t |theory - measured| / "
                                                            "max(|measured|, floor · median group scale)")
     for var in ds.data_vars:
-        for prefix, text in _DESCRIPTIONS.items():
-            if var == prefix or (prefix.endswith("_") and var.startswith(prefix)):
-                ds[var].attrs.setdefault("description", text.format(kind=var.rsplit("_", 1)[-1]))
+        text = _DESCRIPTIONS.get(var) or next((t for p, t in _DESCRIPTIONS.items() if p.endswith("_") and var.startswith(p)), None)
+        if text is not None:
+            ds[var].attrs.setdefault("description", text.format(kind=var.rsplit("_", 1)[-1]))
     return ds
 
 
@@ -496,6 +503,8 @@ _DESCRIPTIONS = {
     "rmsprop_lr_eff_error": "worst relative error of the mapped RMSProp's lr/√G against SGD's effective step η/r²",
     "sharpness_max": "largest η·λ_max over the sharpness estimates (λ_max: top Hessian eigenvalue of the mini-batch loss, Lanczos)",
     "edge_of_stability": "1 where η·λ_max passed the rule's threshold 2(1+β), 0 where not, NaN where no threshold is known",
+    "eq17_": "NLD eq. 17 with one forcing and form (eq17_<forcing>_<form>): median over scale groups of the relative error "
+             "(max over the steps) of the predicted r² against the measured r²",
     "eq17_error_median": ("median over scale groups of the relative error (max over the save points) of r² = √r⁴ "
                           "from NLD eq. 17 (the paper's forcing) against the measured r² = |θ_𝒜|²"),
     "flow_distance": "|θ_flow(t) − θₙ| / |θₙ| at the save points, t = nη: the discrete iterates against the continuous model",
@@ -533,8 +542,8 @@ def sweep_summary(ds: xr.Dataset) -> dict:
         "status": {STATUS[c]: int((status == c).sum()) for c in STATUS},
         **{k: ds.attrs[k] for k in ("compile_time_s", "xla_compile_time_s", "run_time_s", "chunks_run", "chunks_loaded", "n_devices", "versions") if k in ds.attrs},
     }
-    scalars = [v for v in ds.data_vars if v.startswith(("error_", "ksb_")) or v in ("final_loss", "test_accuracy")]
-    for var in scalars + [v for v in _DESCRIPTIONS if v in ds.data_vars and not v.endswith("_")]:
+    scalars = [v for v in ds.data_vars if v.startswith(("error_", "ksb_", "eq17_")) or v in ("final_loss", "test_accuracy")]
+    for var in scalars + [v for v in _DESCRIPTIONS if v in ds.data_vars and not v.endswith("_") and v not in scalars]:
         vals = np.asarray(ds[var].isel(time=-1).values if "time" in ds[var].dims else ds[var].values, float)
         summ[var] = {"median": float(np.nanmedian(vals)) if np.isfinite(vals).any() else None,
                      "max": float(np.nanmax(vals)) if np.isfinite(vals).any() else None}

@@ -118,7 +118,8 @@ class Hook(eqx.Module):
     """Fold per-step quantities into a state (:meth:`step`) and record at save points (:meth:`save`).
 
     Subclass it; the defaults keep no state. ``save`` is called at step 0 and after every
-    ``save_every`` steps, and its output (any pytree of arrays) is stacked over the save points.
+    ``save_every`` steps, and its output (any pytree of arrays) is stacked over the save points;
+    ``finish`` is called once on the state after the last step (``Training.final``).
     """
 
     def init(self, start: Start) -> Any:
@@ -128,6 +129,9 @@ class Hook(eqx.Module):
         return state
 
     def save(self, state: Any, snap: Snapshot) -> Any:
+        return None
+
+    def finish(self, state: Any) -> Any:
         return None
 
 
@@ -276,6 +280,7 @@ class Training(eqx.Module):
         diverged_step: (K,) first step whose loss or parameters were not finite or whose loss
             exploded (−1: none).
         guard: the edge-of-stability guard of run 0 (λ_max along the run; empty without ``sharpness``).
+        final: hook name → :meth:`Hook.finish` of its state after the last step (None for most hooks).
     """
 
     step: Int[Array, " S"]
@@ -286,6 +291,7 @@ class Training(eqx.Module):
     opt_states: tuple
     diverged_step: Int[Array, " K"]
     guard: StabilityGuard
+    final: dict
 
 
 def _check_run(steps: int, save_every: int, sharpness: Sharpness | None) -> None:
@@ -367,8 +373,9 @@ def _run(engine: Engine, params: tuple, states: tuple, key: PRNGKeyArray, steps:
     loss = jnp.concatenate([jnp.full((1, engine.n_runs), jnp.nan, dtype), means], axis=0).T
     edge = sharpness.edge if sharpness is not None else None
     guard = StabilityGuard.from_edge(lams, edge, sharp_step, es.diverged_step[0])
+    final = {k: h.finish(es.hooks[k]) for k, h in engine.hooks.items()}
     return Training(jnp.arange(0, steps + 1, save_every), loss, saved, es.params, es.states, es.opt_states,
-                    es.diverged_step, guard)
+                    es.diverged_step, guard, final)
 
 
 def _lambda_max(engine: Engine, es: EngineState, batch, key, sharpness: Sharpness) -> Array:

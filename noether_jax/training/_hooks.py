@@ -128,13 +128,15 @@ class Companion(eqx.Module):
     """A second optimiser trained in lockstep with a Recorder's run, on the same mini-batches.
 
     Subclass it: :meth:`start` gives the companion's initial parameters and optax transformation from the
-    run's rule and parameters; :meth:`hook` its hook, which sees run 0 (the Recorder's) and run ``run``
-    (this companion's). Its save outputs land in ``Record.companions[name]``.
+    run's rule and parameters, or None for a probe that only watches run 0 (no second run); :meth:`hook`
+    its hook, which sees run 0 (the Recorder's) and run ``run`` (this companion's; 0 for a probe). Its
+    outputs land in ``Record.companions[name]``: the hook's :meth:`~Hook.finish` when it has one, else its
+    save outputs stacked over the save points.
     """
 
     name: eqx.AbstractClassVar[str]
 
-    def start(self, rule: AbstractRule, params: PyTree) -> tuple[PyTree, optax.GradientTransformation]:  # pragma: no cover
+    def start(self, rule: AbstractRule, params: PyTree) -> tuple[PyTree, optax.GradientTransformation] | None:  # pragma: no cover
         raise NotImplementedError
 
     def hook(self, rule: AbstractRule, params: PyTree, run: int) -> Hook:  # pragma: no cover

@@ -386,10 +386,11 @@ def _run(rec: Recorder, params, state, hyper, key) -> Record:
     if rec.save_params:
         hooks["params"] = SaveParams()
     runs = [(params, opt, rec.post_update)]
-    for i, c in enumerate(rec.companions):
-        p_c, o_c = c.start(rule, params)
-        runs.append((p_c, o_c, None))
-        hooks[f"companion:{c.name}"] = c.hook(rule, params, run=i + 1)
+    for c in rec.companions:
+        started = c.start(rule, params)
+        if started is not None:  # a second run; a probe (None) only watches run 0
+            runs.append((started[0], started[1], None))
+        hooks[f"companion:{c.name}"] = c.hook(rule, params, run=0 if started is None else len(runs) - 1)
     engine = Engine(_loss_fn(rec), [r[1] for r in runs], _batches(rec, params), post_updates=[r[2] for r in runs],
                     hooks=hooks, divergence_factor=rec.divergence_factor)
     sharp = Sharpness(rec.sharpness_every, rec.sharpness_iters, None if rule is None else rule.edge()) \
@@ -405,7 +406,8 @@ def _run(rec: Recorder, params, state, hyper, key) -> Record:
         for k, v in out.saved["noether"].items():
             ksb[k] = v["ksb"]
             budget[k] = {part: jnp.sum(v[part][1:], axis=0) * dt for part in BUDGET_PARTS}
-    companions = {c.name: out.saved[f"companion:{c.name}"] for c in rec.companions}
+    companions = {c.name: out.final[f"companion:{c.name}"] if out.final[f"companion:{c.name}"] is not None
+                  else out.saved[f"companion:{c.name}"] for c in rec.companions}
     return Record(
         step=out.step, loss=out.loss[0], measured=s["measured"], theory=s["theory"], identity=s["identity"], nld_r4=r4,
         grad_sq=s["grad_sq"], params=out.params[0], state=out.states[0], guard=out.guard, hyper_valid=valid,
