@@ -193,8 +193,7 @@ def _eq17_section(summary: dict, bn: dict, figures: list) -> Section:
            "so eq. 17 overpredicts r². The driven-oscillator law fed the measured velocities (the scale row of the "
            f"Neural Mechanics run at β = 0.9) stays at a median {e9['oscillator_median_rel_error']:.3g}: the failure is "
            "eq. 17's forcing, not the mechanics."),
-        table={**{f"β = 0: {k.replace('_', ' ')}": v for k, v in e0.items()},
-               **({f"β = 0.9: {k.replace('_', ' ')}": v for k, v in e9.items()} if e9 else {})},
+        table={f"β = {e['momentum']:g}: {k.replace('_', ' ')}": v for e in (e0, e9) if e for k, v in e.items() if k != "momentum"},
         anchor="eq17", claims=claims, figures=figures,
     )
 
