@@ -173,17 +173,22 @@ def neural_mechanics_cmd(
     width: Annotated[int, _opt("hidden width (MLP) or first-block channels (CNN)")] = 32,
     save_every: Annotated[int, _opt("record every this many steps")] = 10,
     data: Annotated[str, _opt("digits, teacher_student, or a file: .npz with x_train, y_train, x_test, y_test, "
-                              "or .csv with the label last")] = "digits",
+                              "or a table, .csv or .npy, with the label last")] = "digits",
     out: Out = Path("runs/neural_mechanics"),
 ) -> None:
     """Train a model, record every symmetric group, and score the theory of broken conservation laws."""
     from ._io import write_json
-    from .experiments import NMConfig, neural_mechanics
+    from .experiments import NMConfig, load_data, neural_mechanics
     from .report import nm_outputs
 
     try:
         cfg = NMConfig(model=model, lr=lr, momentum=momentum, weight_decay=weight_decay, batch_size=batch_size,
                        steps=steps, seed=seed, width=width, save_every=save_every, data=data).validate()
+        load_data(cfg.data)  # a bad file or model spec is bad input (exit 2), refused before any work
+        if ":" in model:
+            from .experiments._user import load_factory
+
+            load_factory(model)
     except (ValueError, TypeError) as e:
         raise BadInput(str(e)) from None
     out = _out_dir(out)
@@ -253,7 +258,7 @@ def sweep(
     model: Annotated[str, _opt("model name (mlp, mlp_tanh, mlp_layernorm, cnn_bn, vgg, vgg_bn) or module.path:callable")] = "mlp",
     width: Annotated[int, _opt("hidden width (MLP) or first channels (CNN)")] = 32,
     chunk_size: Annotated[int, _opt("members per compiled call (0: all at once)")] = 0,
-    data: Annotated[str, _opt("digits, teacher_student, or a .npz/.csv file")] = "digits",
+    data: Annotated[str, _opt("digits, teacher_student, or a .npz/.csv/.npy file")] = "digits",
     out: Out = Path("runs/sweep"),
     progress: Annotated[bool, _opt("progress bar over compilation and chunks")] = True,
     noether: Annotated[bool, _opt("record kinetic symmetry breaking and the charge budget per member and kind")] = False,

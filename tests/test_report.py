@@ -70,7 +70,7 @@ def test_report_is_curated(reproduced):
     assert len(images) == len(set(images)), "a figure appears twice"
     for section in re.findall(r"<section id='[^']*'[^>]*>(.*?)</section>", body, re.S):
         if "✔" in section or "✘" in section:
-            assert re.match(r"\s*<h[23]>.*?</h[23]><p class='verdict'>", section, re.S), section[:200]
+            assert re.match(r"\s*<h[23]>.*?</h[23]>\s*<p class='verdict'>", section, re.S), section[:200]
     assert not re.search(r"<td[^>]*>[a-z_]+\.[a-z_]+</td>", body), "a raw summary key is shown"
     assert "Summary table" not in body
 

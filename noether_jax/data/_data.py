@@ -99,8 +99,8 @@ def sample_batch(key: jax.Array, x: Array, y: Array, batch_size: int) -> tuple[A
 
 def load(path: str, *, test_fraction: float = 0.25, seed: int = 0, dtype=None) -> Dataset:
     """A user's data set from a file: ``.npz`` with arrays ``x_train, y_train, x_test, y_test``, or a
-    ``.csv`` of numbers whose last column is the integer class label (split into train and test with
-    ``test_fraction``, stratified). Labels must be integers 0 … n_classes−1.
+    table, ``.csv`` of numbers or a 2-D ``.npy`` array, whose last column is the integer class label (split
+    into train and test with ``test_fraction``, stratified). Labels must be integers 0 … n_classes−1.
 
     Example:
         >>> import numpy as np, tempfile, os, noether_jax as nj
@@ -123,20 +123,23 @@ def load(path: str, *, test_fraction: float = 0.25, seed: int = 0, dtype=None) -
                 arrays = {k: np.asarray(f[k]) for k in ("x_train", "y_train", "x_test", "y_test")}
         except (OSError, EOFError) as e:
             raise ValueError(f"the data file {path!r} cannot be read as .npz: {e}.") from None
-    elif path.endswith(".csv"):
+    elif path.endswith((".csv", ".npy")):
         from sklearn.model_selection import train_test_split
 
         try:
-            table = np.loadtxt(path, delimiter=",", ndmin=2)
+            table = np.loadtxt(path, delimiter=",", ndmin=2) if path.endswith(".csv") else np.load(path, allow_pickle=False)
         except ValueError as e:
-            raise ValueError(f"the data file {path!r} is not a CSV of numbers: {e}.") from None
+            raise ValueError(f"the data file {path!r} is not a {'CSV' if path.endswith('.csv') else '.npy array'} of numbers: {e}.") from None
+        if table.ndim != 2 or table.shape[1] < 2:
+            raise ValueError(f"the data file {path!r} must hold a 2-D table (examples × features, label last); got shape {table.shape}.")
         x, yv = table[:, :-1], table[:, -1]
         if not np.all(yv == np.round(yv)):
             raise ValueError(f"the last column of {path!r} must hold integer class labels.")
         x_tr, x_te, y_tr, y_te = train_test_split(x, yv.astype(int), test_size=test_fraction, random_state=seed, stratify=yv)
         arrays = {"x_train": x_tr, "y_train": y_tr, "x_test": x_te, "y_test": y_te}
     else:
-        raise ValueError(f"unsupported data file {path!r}: use .npz (x_train, y_train, x_test, y_test) or .csv (label last).")
+        raise ValueError(f"unsupported data file {path!r}: use .npz (x_train, y_train, x_test, y_test), or .csv / .npy "
+                         "(a table, label last).")
     for k in ("y_train", "y_test"):
         if not np.issubdtype(arrays[k].dtype, np.integer):
             if np.all(arrays[k] == np.round(arrays[k])):

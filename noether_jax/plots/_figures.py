@@ -97,7 +97,8 @@ def plot_conservation(
         pick = _pick(m, per_panel)
         for i, g in enumerate(pick):
             color = plt.cm.viridis(i / max(len(pick) - 1, 1))
-            label = str(names[kind][g])[:28] if names is not None and kind in names and len(names[kind]) > g else f"group {g}"
+            label = str(names[kind][g]).split(" (")[0][:32] if names is not None and kind in names and len(names[kind]) > g \
+                else f"group {g}"
             top.plot(step, m[:, g], "-", color=color, lw=1.4, label=label)
             top.plot(step, p[:, g], "--", color="k", lw=0.8, alpha=0.85)
         top.plot([], [], "k--", lw=0.8, label="theory (each group)")

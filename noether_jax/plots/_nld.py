@@ -22,6 +22,8 @@ def _smooth(a: np.ndarray, w: int) -> np.ndarray:
     return np.convolve(a, np.ones(w) / w, mode="valid")
 
 
+_MATCH_LABELS = {"beta0": "β = 0, mapped RMSProp", "beta0.9_momentum": "β = 0.9, map with momentum",
+                 "beta0.9_gradient": "β = 0.9, map without momentum"}
 _RC = {"font.size": 8, "axes.titlesize": 8, "axes.labelsize": 8, "xtick.labelsize": 7, "ytick.labelsize": 7}
 
 
@@ -84,9 +86,9 @@ def _nld_figures(result: Any, out_dir: str | os.PathLike) -> dict[str, Path]:
 
     fig, ax = plt.subplots(figsize=(WIDTH_IN * 0.7, 3.6), layout="constrained")
     for name, d in result.match_vs_lr.items():
-        ax.loglog(d.median_eta_over_r2, d.max_angle_deg, "o-", label=f"{name} (mapped)")
+        ax.loglog(d.median_eta_over_r2, d.max_angle_deg, "o-", label=_MATCH_LABELS.get(name, name))
     base = result.match_vs_lr["beta0"]
-    ax.loglog(base.median_eta_over_r2, base.control_max_angle_deg, "x:", c="gray", label="β=0 control")
+    ax.loglog(base.median_eta_over_r2, base.control_max_angle_deg, "x:", c="gray", label="β = 0, control (√G × 2)")
     ax.set(xlabel=r"median $\eta/r^2$ over the run", ylabel="max angle to SGD (deg)", title=f"match vs effective step ({base.steps} steps)")
     _below(ax, ncol=2)
     path = out / f"nld_match_vs_lr_{cfg.model}.png"

@@ -127,7 +127,7 @@ class Report:
         if s.claims:
             cls = "pass" if all(c.passed for c in s.claims) else "fail"
             parts.append(f"<p class='verdict'><b>Verdict: <span class='{cls}'>{verdict_line(s.claims)}</span></b> "
-                         + "; ".join(f"{html.escape(c.claim)}: {c.measured_text} ({c.tolerance_text}) {c.verdict}"
+                         + "; ".join(f"{html.escape(c.claim.split(',')[0])}: {c.measured_text} ({c.tolerance_text}) {c.verdict}"
                                      for c in s.claims) + ".</p>")
         for label, text in (("Claim", s.claim), ("Prediction", s.prediction), ("Measurement", s.measurement), ("Error", s.error)):
             if text:

@@ -150,7 +150,7 @@ def sweep_part(out_dir: Path, *, quick: bool = True):
         prediction="Per member, the Neural Mechanics theory of every translation and rescale group.",
         measurement=f"MLP on digits, η ∈ {grid['lr']}, β ∈ {grid['momentum']}, λ = {grid['weight_decay']}, "
                     f"{grid['seed']} seeds, {grid['steps']} steps.",
-        error="Per member, the median over groups of the relative error (defined in the Neural Mechanics section); the "
+        error="Per member, the median over groups of the relative error (defined at the top); the "
               "claims quote its median over members, held to 2 % because the grid mixes β = 0 (1 %) and momentum (2 %). "
               "Heat maps: the median over seeds.",
         anchor="sweep", claims=claims,
