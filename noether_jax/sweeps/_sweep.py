@@ -13,6 +13,7 @@ import jax
 import jax.extend.core
 import jax.numpy as jnp
 import numpy as np
+import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from jaxtyping import PyTree
 
@@ -172,7 +173,7 @@ def sweep(
         True
     """
     t_all = time.perf_counter()
-    if isinstance(optimizer, list | tuple):
+    if isinstance(optimizer, list | tuple) and not isinstance(optimizer, optax.GradientTransformation):  # a NamedTuple
         return _over_optimizers(model, locals())
     plan = _plan(model, locals())
     ds = _execute(plan, devices=devices, chunk_size=chunk_size, store=store, progress=progress, on_chunk=on_chunk)
