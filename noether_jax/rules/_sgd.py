@@ -25,7 +25,7 @@ from jaxtyping import Array, ArrayLike, PyTree, Scalar
 
 from .. import theory
 from .._tree import is_concrete, tree_sq_norm
-from .._validate import check_scalar, hyper, valid
+from .._validate import check_broadcast, check_scalar, hyper, valid
 from ._base import AbstractRule, EdgeOfStability, Hyper
 from ..mechanics import AbstractDynamics, GradientFlow, Lagrangian
 from ..mechanics.kinetic import AbstractKinetic, Diagonal, Euclidean
@@ -40,6 +40,9 @@ class RegularisedLoss(eqx.Module):
     loss: Callable[[PyTree], Scalar]
     weight_decay: Array
 
+    def checks(self) -> dict[str, Array]:
+        return {"weight_decay": valid("weight_decay", self.weight_decay)}
+
     def __call__(self, q: PyTree, t: ArrayLike = 0.0) -> Scalar:
         value = check_scalar(self.loss(q), "the loss")
         return value + 0.5 * self.weight_decay * tree_sq_norm(q)
@@ -51,6 +54,10 @@ class ModifiedLoss(eqx.Module):
     potential: Callable[[PyTree, ArrayLike], Scalar]
     coefficient: Array
     metric: AbstractKinetic | None = None
+
+    def checks(self) -> dict[str, Array]:
+        inner = self.potential.checks() if hasattr(self.potential, "checks") else {}
+        return {**inner, "modified_loss.coefficient": jnp.isfinite(self.coefficient) & (self.coefficient >= 0)}
 
     def __call__(self, q: PyTree, t: ArrayLike = 0.0) -> Scalar:
         value, g = jax.value_and_grad(self.potential)(q, t)
@@ -65,6 +72,7 @@ def _precondition(preconditioner: PyTree | Callable[[PyTree], PyTree] | None) ->
 
     def f(updates, params):
         p = preconditioner(params) if callable(preconditioner) else preconditioner
+        check_broadcast(updates, p, "params", "preconditioner")
         return jax.tree.map(lambda u, pi: u / pi, updates, p)
 
     return optax.stateless(f)

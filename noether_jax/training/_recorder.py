@@ -105,7 +105,15 @@ class Record(eqx.Module):
     def status(self) -> Int[Array, ""]:
         """0 ok, 1 diverged, 2 nan (a non-finite series), 3 invalid (a hyperparameter out of its domain),
         4 edge of stability (η·λ_max beyond the rule's threshold); see ``STATUS``."""
-        finite = tree_finite((self.measured, self.params)) & jnp.all(jnp.isfinite(self.loss[1:]))
+        b = jnp.ndim(self.guard.diverged_step)  # run axes (a vmapped Record): reduce per member only
+
+        def fin(a):
+            return jnp.all(jnp.isfinite(a), axis=tuple(range(b, jnp.ndim(a))))
+
+        finite = fin(self.loss[..., 1:])
+        for leaf in jax.tree.leaves((self.measured, self.params)):
+            if jnp.issubdtype(jnp.asarray(leaf).dtype, jnp.inexact):
+                finite = finite & fin(leaf)
         code = jnp.where(self.diverged, 1, jnp.where(~finite, 2, jnp.where(self.guard.any_flagged, 4, 0)))
         return jnp.where(~self.hyper_valid, 3, code).astype(jnp.int32)
 
