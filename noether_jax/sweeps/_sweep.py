@@ -370,14 +370,14 @@ def _execute(plan: _Plan, *, devices, chunk_size, store, progress, on_chunk) -> 
 
 
 def _versions() -> str:
-    from importlib.metadata import version
+    from importlib.metadata import PackageNotFoundError, version
 
     out = []
     for p in ("noether_jax", "jax", "jaxlib", "equinox", "optax", "flax", "xarray"):
         try:
             out.append(f"{p}={version(p)}")
-        except Exception:  # pragma: no cover
-            pass
+        except PackageNotFoundError:  # e.g. running from a source tree: recorded as such, not hidden
+            out.append(f"{p}=not installed")
     return ", ".join(out)
 
 

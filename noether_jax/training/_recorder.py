@@ -304,6 +304,9 @@ class Recorder(eqx.Module):
         key = jax.random.key(0) if key is None else key
         resolve(self.optimizer, hyper)  # refuse a bad optimiser/hyper pairing before tracing
         _warn_cast(self.x, params)
+        if self.loss is cross_entropy and is_concrete(self.y):
+            logits = jax.eval_shape(lambda: self.net(params, {} if state is None else state, self.x[:1], train=True)[0])
+            _validate.labels(self.y, int(logits.shape[-1]))
         if self.check_symmetries and is_concrete((params, state, hyper, key)):
             _refuse_broken_symmetries(self, params, state, key)
         return _run(self, params, {} if state is None else state, hyper, key)
