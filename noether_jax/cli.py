@@ -216,6 +216,9 @@ def sweep(
     data: Annotated[str, _opt("digits, teacher_student, or a .npz/.csv file")] = "digits",
     out: Out = Path("runs/sweep"),
     progress: Annotated[bool, _opt("progress bar over compilation and chunks")] = True,
+    sharpness_every: Annotated[int, _opt("estimate η·λ_max every this many steps (a multiple of --save-every dividing "
+                                         "--steps) for the edge-of-stability flag; default --steps (first and last "
+                                         "step); -1: off")] = 0,
 ) -> None:
     """Sweep a grid; resumable (run it again with the same options to finish a killed sweep)."""
     from . import plots
@@ -238,7 +241,8 @@ def sweep(
     out = _out_dir(out)
     try:
         ds = run_sweep(model_arg, seed=seeds, steps=steps, save_every=save_every, width=width, data=ds_data,
-                       chunk_size=chunk_size or None, store=out / "store", progress=progress, **grid)
+                       chunk_size=chunk_size or None, store=out / "store", progress=progress,
+                       sharpness_every=steps if sharpness_every == 0 else max(sharpness_every, 0), **grid)
     except (ValueError, TypeError) as e:
         raise BadInput(str(e)) from None
     atomic_write(out / "sweep.nc", bytes(ds.to_netcdf(None, engine="scipy")))
@@ -297,8 +301,7 @@ def nld(
     typer.echo(f"ablation (β=0.9, λ>0): unconstrained {a['unconstrained_final_loss']:.4f} vs constrained "
                f"{a['constrained_final_loss']:.4f}")
     typer.echo(f"wrote {out}/summary.json, figures and nld_data.npz")
-    if int(result.comparison.track.diverged_step[0]) >= 0:
-        _fail(f"the SGD run diverged at step {int(result.comparison.track.diverged_step[0])}; outputs written to {out}", 1)
+    _single_run_verdict(s.get("stability") or {}, out)
 
 
 def main() -> None:

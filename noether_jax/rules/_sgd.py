@@ -39,9 +39,12 @@ class RegularisedLoss(eqx.Module):
 
     loss: Callable[[PyTree], Scalar]
     weight_decay: Array
+    rule_checks: dict[str, Array] = eqx.field(default_factory=dict)
 
     def checks(self) -> dict[str, Array]:
-        return {"weight_decay": valid("weight_decay", self.weight_decay)}
+        """The weight decay's domain, and those of the rule that built this potential (η, β: a rule outside
+        its domain has no continuous model, whatever the Lagrangian's own constants say)."""
+        return {**self.rule_checks, "weight_decay": valid("weight_decay", self.weight_decay)}
 
     def __call__(self, q: PyTree, t: ArrayLike = 0.0) -> Scalar:
         value = check_scalar(self.loss(q), "the loss")
@@ -182,8 +185,8 @@ class LearningRule(AbstractRule):
         return jnp.asarray(step) * self.lr
 
     def potential(self, loss: Callable[[PyTree], Scalar]) -> RegularisedLoss:
-        """V = loss + (λ/2)|θ|² (coupled weight decay)."""
-        return RegularisedLoss(loss, self.weight_decay)
+        """V = loss + (λ/2)|θ|² (coupled weight decay); it carries the rule's checks for :func:`simulate`."""
+        return RegularisedLoss(loss, self.weight_decay, {"lr": valid("lr", self.lr), "momentum": valid("momentum", self.momentum)})
 
     def kinetic(self) -> AbstractKinetic:
         """K = (m/2) θ̇ᵀ P θ̇ (P = 1 for SGD)."""
