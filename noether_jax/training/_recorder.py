@@ -181,7 +181,8 @@ class Recorder(eqx.Module):
             the run as diverged.
         sharpness_every: estimate λ_max of the mini-batch Hessian (``sharpness_iters`` Lanczos steps on
             batches of its own, so training is unchanged) every ``sharpness_every`` steps and after the
-            last; a multiple of ``save_every`` dividing ``steps``; 0 (default): off.
+            last; a multiple of ``save_every`` dividing ``steps``. Default (None): ``steps``, i.e. at the
+            first and the last step, so every Record carries the edge-of-stability flag; 0: off.
         check_symmetries: refuse, at a concrete :meth:`run`, a symmetry whose gradient constraint fails
             at the first batch (relative residual above 1e-3): it is not a symmetry of this loss.
         noether: also record kinetic symmetry breaking and the charge budget at the save points
@@ -237,7 +238,7 @@ class Recorder(eqx.Module):
         post_update: Callable[[PyTree, PyTree], PyTree] | None = None,
         loss: Callable[[Array, Array], Array] = cross_entropy,
         divergence_factor: float = 1e4,
-        sharpness_every: int = 0,
+        sharpness_every: int | None = None,
         sharpness_iters: int = 20,
         check_symmetries: bool = True,
         noether: bool = False,
@@ -262,7 +263,7 @@ class Recorder(eqx.Module):
         if not divergence_factor > 1:
             raise ValueError(f"`divergence_factor` must be > 1, got {divergence_factor}.")
         self.divergence_factor = float(divergence_factor)
-        every = _validate.integer("sharpness_every", sharpness_every, minimum=0)
+        every = self.steps if sharpness_every is None else _validate.integer("sharpness_every", sharpness_every, minimum=0)
         if every and (every % self.save_every or self.steps % every):
             raise ValueError(f"`sharpness_every` must be 0 (off) or a multiple of `save_every` ({self.save_every}) that divides "
                              f"`steps` ({self.steps}), got {sharpness_every}.")
