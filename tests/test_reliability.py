@@ -85,8 +85,9 @@ def test_property_validation_accepts_exactly_the_valid_values_concrete_and_trace
 
 
 def test_simulate_traced_negative_lr_member_gets_a_named_result():
-    valid, success, invalid, q = _members(jnp.array([0.1, -0.1]), jnp.zeros(2), jnp.zeros(2))
-    assert success.tolist() == [True, False] and invalid.tolist() == [False, True]
+    lr = jnp.array([0.1, -0.1] * 4)  # eight members: the property test's compiled program
+    valid, success, invalid, q = _members(lr, jnp.zeros(8), jnp.zeros(8))
+    assert success.tolist() == [True, False] * 4 and invalid.tolist() == [False, True] * 4
     assert "outside its domain" in nj.RESULTS[nj.RESULTS.invalid_hyperparameter]
 
 
@@ -116,7 +117,7 @@ def tiny():
 
 def test_recorder_vmapped_momentum_gives_a_status_per_member_and_no_leak(tiny):
     model, syms, x, y = tiny
-    rec = nj.Recorder(model, syms, x, y, batch_size=16, steps=2, save_every=1)
+    rec = nj.Recorder(model, syms, x, y, batch_size=16, steps=2, save_every=1, sharpness_every=0)
     run = jax.jit(jax.vmap(lambda m: rec.run(hyper=nj.Hyper(0.1, m), key=jax.random.key(0))))
     bad, good = run(jnp.array([0.0, 1.5])), run(jnp.array([0.0, 0.5]))
     assert bad.status.tolist() == [0, 3] and bad.hyper_valid.tolist() == [True, False]
@@ -127,7 +128,7 @@ def test_recorder_vmapped_momentum_gives_a_status_per_member_and_no_leak(tiny):
 
 # ----------------------------------------------------------------------------- 2. guards
 def test_stability_guard_nan_loss_is_never_valid():
-    g = nj.stochastic.stability_guard(lambda p: jnp.nan * jnp.sum(p**2), jnp.ones(2), lr=0.1)
+    g = jax.jit(lambda p: nj.stochastic.stability_guard(lambda q: jnp.nan * jnp.sum(q**2), p, lr=0.1, iters=2))(jnp.ones(2))
     s = g.summary()
     assert not bool(g.valid) and np.isnan(float(g.edge)) and s["valid"] is False and s["not_finite"] == 1
 
@@ -142,13 +143,15 @@ def _sde(lr):
     return nj.stochastic.SGDSDE(lambda w, xi, yi: 0.5 * (xi @ w - yi) ** 2, xx, 2.0 * xx[:, 0], lr=lr, batch_size=2)
 
 
-def test_sde_path_beyond_the_edge_is_flagged():
-    # λ_max of the full-batch Hessian is mean(x²) = 3/7 (8 points on [−1, 1]); η·λ_max vs 2
+def test_sde_paths_beyond_the_edge_are_flagged_per_path():
+    # λ_max of the full-batch Hessian is mean(x²) = 3/7 (8 points on [−1, 1]); η·λ_max against 2
     lam = float(jnp.mean(jnp.linspace(-1.0, 1.0, 8) ** 2))
-    for lr, edge in ((0.1, 0.0), (5.0, 1.0)):
-        p = nj.stochastic.sde_path(_sde(lr), jnp.zeros(1), 20 * lr, jax.random.key(0), save_every=10)
+    keys = jax.random.split(jax.random.key(0), 2)
+    for lr, edge in ((0.1, 0.0), (5.0, 1.0)):  # the same static arguments: one compiled ensemble
+        p = nj.stochastic.sde_ensemble(_sde(lr), jnp.zeros(1), 1.0, keys, dt=0.05, save_every=10)
         np.testing.assert_allclose(np.asarray(p.guard.lambda_max), lam, rtol=1e-6)
-        assert np.asarray(p.guard.edge).tolist() == [edge, edge] and bool(p.guard.valid) == (edge == 0.0)
+        assert np.asarray(p.guard.edge).tolist() == [[edge, edge]] * 2
+        assert np.asarray(p.guard.valid).tolist() == [edge == 0.0] * 2
 
 
 @pytest.mark.parametrize("dt", [0.0, -0.1, float("nan")])
@@ -396,7 +399,8 @@ def test_recorder_refuses_a_symmetry_the_loss_does_not_have(tiny):
     with pytest.raises(ValueError, match=r"`symmetries\['scale'\]` is not a symmetry of this loss"):
         rec.run(hyper=nj.Hyper(0.1))
     rec = nj.Recorder(model, {"scale": nj.symmetry.Scale(mask)}, x, y, batch_size=16, steps=2, check_symmetries=False)
-    assert int(rec.run(hyper=nj.Hyper(0.1)).status) == 0  # opted out: recorded as asked
+    out = jax.eval_shape(lambda: rec.run(hyper=nj.Hyper(0.1)))  # opted out: it traces (is recorded) as asked
+    assert out.measured["scale"].shape == (3, 1)
 
 
 # ----------------------------------------------------------------------------- 6. no broad handlers
@@ -410,3 +414,12 @@ def test_no_broad_exception_handler_in_the_library():
             found.append(f"{path.relative_to(root)}:{line}")
     # the one allowed: the command line's last line of defence, which prints one line (and the traceback on request)
     assert found == ["cli.py:50"], found
+
+
+@pytest.mark.slow
+def test_cli_demo_diverged_exits_1_with_one_line_and_writes_outputs(tmp_path):
+    res = _cli(["demo", "--lr", "5", "--time", "20", "--out", str(tmp_path)])
+    errors = [line for line in res.output.splitlines() if line.startswith("error:")]
+    assert res.exit_code == 1 and len(errors) == 1 and "diverged" in errors[0] and "Traceback" not in res.output
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["stability"]["diverged"] is True and (tmp_path / "demo.png").exists()
