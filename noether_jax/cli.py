@@ -57,6 +57,20 @@ def guarded(fn: Callable) -> Callable:
     return wrapper
 
 
+def _rescued(out: Path, write: Callable[[Path], object]):
+    """Write a computed result with ``write(folder)``; when ``out`` fails after the work (disk full, folder
+    removed), write it to a fresh temporary folder instead and say where: a result is never lost."""
+    try:
+        return write(out), out
+    except OSError as e:
+        import tempfile
+
+        rescue = Path(tempfile.mkdtemp(prefix="noether-jax-rescue-"))
+        typer.echo(f"warning: could not write to {out} ({e.strerror or e}); writing the outputs to {rescue} instead",
+                   err=True)
+        return write(rescue), rescue
+
+
 def _out_dir(out: Path) -> Path:
     from ._io import check_out_dir
 
@@ -107,8 +121,11 @@ def demo(
     out = _out_dir(out)
     result = run_demo(lr=lr, momentum=momentum, weight_decay=weight_decay, time=time)
     typer.echo(format_table(result.table))
-    plots.write_figure(plots.plot_demo(result), out / "demo.png")
-    write_json(result.to_dict(), out / "summary.json")
+    def write(d: Path) -> None:
+        plots.write_figure(plots.plot_demo(result), d / "demo.png")
+        write_json(result.to_dict(), d / "summary.json")
+
+    _, out = _rescued(out, write)
     typer.echo(f"\nwrote {out / 'demo.png'} and {out / 'summary.json'}")
     _single_run_verdict(result.guard.summary(), out)
 
@@ -159,8 +176,12 @@ def neural_mechanics_cmd(
     out = _out_dir(out)
     typer.echo(f"training {cfg.model} for {cfg.steps} steps (one compiled scan) ...", err=True)
     result = neural_mechanics(cfg)
-    summary, _ = nm_outputs(result, out)
-    write_json(summary, out / "summary.json")
+    def write(d: Path) -> dict:
+        summary = nm_outputs(result, d)[0]
+        write_json(summary, d / "summary.json")
+        return summary
+
+    summary, out = _rescued(out, write)
     for kind, e in summary.get("symmetries", {}).items():
         if "median_rel_error" in e:
             typer.echo(f"{kind:12s} {e['n_groups']:5d} groups   median rel. error {e['median_rel_error']:.2e}   "
@@ -245,11 +266,15 @@ def sweep(
                        sharpness_every=steps if sharpness_every == 0 else max(sharpness_every, 0), **grid)
     except (ValueError, TypeError) as e:
         raise BadInput(str(e)) from None
-    atomic_write(out / "sweep.nc", bytes(ds.to_netcdf(None, engine="scipy")))
-    summ = sweep_summary(ds)
-    figs = plots.sweep_figures(ds, out)
-    summ["figures"] = [p.name for p in figs]
-    write_json(summ, out / "summary.json")
+    def write(d: Path) -> tuple[dict, list]:
+        atomic_write(d / "sweep.nc", bytes(ds.to_netcdf(None, engine="scipy")))
+        summ = sweep_summary(ds)
+        figs = plots.sweep_figures(ds, d)
+        summ["figures"] = [p.name for p in figs]
+        write_json(summ, d / "summary.json")
+        return summ, figs
+
+    (summ, figs), out = _rescued(out, write)
     typer.echo(f"{summ['n_members']} members: {summ['status']}; compile {ds.attrs['compile_time_s']:.1f} s, "
                f"run {ds.attrs['run_time_s']:.1f} s ({ds.attrs['chunks_run']} chunks run, {ds.attrs['chunks_loaded']} loaded)")
     typer.echo(f"wrote {out / 'sweep.nc'}, {out / 'summary.json'} and {len(figs)} heat maps in {out}")
@@ -292,7 +317,7 @@ def nld(
         result = run_nld(cfg)
     except ValueError as e:
         raise BadInput(str(e)) from None
-    s = nld_outputs(result, out)
+    s, out = _rescued(out, lambda d: nld_outputs(result, d))
     e, r, a = s["eq17"], s["rmsprop_match"], s["ablation"]
     typer.echo(f"eq. 17: {e['n_groups']} groups, median rel. error {e['median_rel_error']:.2e}, max {e['max_rel_error']:.2e}"
                f" (velocity-forced: median {e['velocity_forced_median_rel_error']:.2e})")

@@ -423,3 +423,17 @@ def test_cli_demo_diverged_exits_1_with_one_line_and_writes_outputs(tmp_path):
     assert res.exit_code == 1 and len(errors) == 1 and "diverged" in errors[0] and "Traceback" not in res.output
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["stability"]["diverged"] is True and (tmp_path / "demo.png").exists()
+
+
+def test_cli_write_failure_after_the_work_keeps_the_result_and_says_where(tmp_path, capsys):
+    from noether_jax.cli import _rescued
+
+    gone = tmp_path / "removed_after_the_check"
+
+    def write(d):
+        (d / "summary.json").write_text("{}")  # raises FileNotFoundError (an OSError) for the vanished folder
+        return "written"
+
+    value, where = _rescued(gone, write)
+    assert value == "written" and where != gone and (where / "summary.json").exists()
+    assert str(where) in capsys.readouterr().err
