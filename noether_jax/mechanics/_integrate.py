@@ -125,15 +125,17 @@ class Trajectory(eqx.Module):
         ts: save times, shape ``(n,)``.
         q: positions, a pytree like ``q0`` with a leading axis of length ``n``.
         v: velocities q̇ at the save times (for first-order flows, the flow's velocity).
-        result: a ``diffrax.RESULTS`` value; ``RESULTS.successful`` unless the solve failed
-            (with ``throw=False`` a failed solve is returned as data, unsaved points being ``inf``).
+        result: an ``nj.RESULTS`` value (diffrax's results and the initial-state checks of
+            :func:`simulate`: ``invalid_hyperparameter``, ``nonfinite_potential``, ``indefinite_metric``);
+            ``RESULTS.successful`` unless the solve or a check failed (with ``throw=False`` a failure is
+            returned as data, per member under ``vmap``; unsaved points are ``inf``).
         stats: diffrax's statistics (number of steps, accepted and rejected steps, …).
     """
 
     ts: Float[Array, " n"]
     q: PyTree
     v: PyTree
-    result: diffrax.RESULTS
+    result: RESULTS
     stats: dict[str, Any]
 
     @property
@@ -219,6 +221,12 @@ def simulate(
         max_steps: the most solver steps; past it the solve fails (see ``throw``).
         throw: raise on failure (default). With ``throw=False`` failure is data: check
             ``trajectory.result`` against ``nj.RESULTS``.
+
+    Before compiling, concrete inputs are checked and refused with a named error: the system's
+    constants (``system.checks()``: mass, damping, friction, weight decay, and a rule's η and β), ``ts``
+    (1-D, finite, increasing, inside [t0, t1]), V and ∇V finite at ``q0``, and the kinetic metric
+    positive definite at ``(q0, v0)`` (random Rayleigh quotients). Inside ``jit``/``vmap`` the same checks
+    give each member its own ``result`` (``throw=False``) or raise naming the failed check (``throw=True``).
 
     The call is jit-compiled; a second call with new values (``q0``, ``t1``, ``ts``, hyperparameters
     stored as arrays in ``system``) of the same shapes does not recompile. For float64, call
