@@ -237,9 +237,9 @@ def sweep(
     data: Annotated[str, _opt("digits, teacher_student, or a .npz/.csv file")] = "digits",
     out: Out = Path("runs/sweep"),
     progress: Annotated[bool, _opt("progress bar over compilation and chunks")] = True,
-    sharpness_every: Annotated[int, _opt("estimate η·λ_max every this many steps (a multiple of --save-every dividing "
-                                         "--steps) for the edge-of-stability flag; default --steps (first and last "
-                                         "step); -1: off")] = 0,
+    sharpness_every: Annotated[int | None, _opt("estimate η·λ_max every this many steps (a multiple of --save-every "
+                                                "dividing --steps) for the edge-of-stability flag; default --steps "
+                                                "(the first and the last step); 0: off")] = None,
 ) -> None:
     """Sweep a grid; resumable (run it again with the same options to finish a killed sweep)."""
     from . import plots
@@ -263,7 +263,7 @@ def sweep(
     try:
         ds = run_sweep(model_arg, seed=seeds, steps=steps, save_every=save_every, width=width, data=ds_data,
                        chunk_size=chunk_size or None, store=out / "store", progress=progress,
-                       sharpness_every=steps if sharpness_every == 0 else max(sharpness_every, 0), **grid)
+                       sharpness_every=steps if sharpness_every is None else sharpness_every, **grid)
     except (ValueError, TypeError) as e:
         raise BadInput(str(e)) from None
     def write(d: Path) -> tuple[dict, list]:
