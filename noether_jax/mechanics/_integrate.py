@@ -8,9 +8,8 @@ import diffrax
 import equinox as eqx
 import jax
 import jax.numpy as jnp
-from jaxtyping import Array, ArrayLike, Float, PyTree
-
 import numpy as np
+from jaxtyping import Array, ArrayLike, Float, PyTree
 
 from .._tree import as_time, is_concrete, tree_finite, tree_vdot
 from .._validate import check_same_structure, positive_definite
@@ -50,26 +49,25 @@ def _rayleigh(system: AbstractDynamics, y0, t0) -> jax.Array:
     return jax.vmap(one)(keys)
 
 
-def _diagnose(system: AbstractDynamics, y0, t0) -> dict[str, jax.Array]:
-    """Traced-safe checks at the initial state: the system's constants, V and ∇V finite, a positive metric."""
+def _initial(system: AbstractDynamics, y0, t0):
+    """What the checks need at the initial state: the constants' checks, V, whether ∇V is finite, and
+    the metric's Rayleigh quotients (traced-safe)."""
     q = y0[0] if system.order == 2 else y0
     value, grad = jax.value_and_grad(system.V)(q, t0)
-    return {
-        "constants": system.valid(),
-        "potential": jnp.isfinite(value) & tree_finite(grad),
-        "metric": jnp.all(jnp.isfinite(r := _rayleigh(system, y0, t0)) & (r > 0)),
-    }
+    return system.checks(), value, tree_finite(grad), _rayleigh(system, y0, t0)
+
+
+def _diagnose(system: AbstractDynamics, y0, t0) -> dict[str, jax.Array]:
+    """Traced-safe checks at the initial state: the system's constants, V and ∇V finite, a positive metric."""
+    checks, value, grad_ok, r = _initial(system, y0, t0)
+    ok = jnp.asarray(True)
+    for c in checks.values():
+        ok = ok & jnp.all(c)
+    return {"constants": ok, "potential": jnp.isfinite(value) & grad_ok, "metric": jnp.all(jnp.isfinite(r) & (r > 0))}
 
 
 _DIAGNOSIS = {"constants": "invalid_hyperparameter", "potential": "nonfinite_potential", "metric": "indefinite_metric"}
-
-
-@eqx.filter_jit
-def _precheck(system, y0, t0):
-    checks = system.checks()
-    q = y0[0] if system.order == 2 else y0
-    value, grad = jax.value_and_grad(system.V)(q, t0)
-    return checks, value, tree_finite(grad), _rayleigh(system, y0, t0)
+_precheck = eqx.filter_jit(_initial)
 
 
 def _check_concrete(system: AbstractDynamics, y0, t0) -> None:
@@ -80,9 +78,8 @@ def _check_concrete(system: AbstractDynamics, y0, t0) -> None:
         raise ValueError(f"simulate: the system's {', '.join(f'`{b}`' for b in bad)} is outside its domain "
                          f"(values: {[np.asarray(_constant(system, b)).tolist() for b in bad]}); see system.checks().")
     if not (np.isfinite(np.asarray(value)) and bool(grad_ok)):
-        raise ValueError(f"simulate: the potential V(q, t) at the initial state `q0` is {float(value)!r}"
-                         f"{'' if np.isfinite(np.asarray(value)) else ''} or has a non-finite gradient: check the loss "
-                         "for NaN (e.g. log or sqrt of a negative number) at q0.")
+        raise ValueError(f"simulate: the potential V(q, t) at the initial state `q0` is {float(value)!r} or has a "
+                         "non-finite gradient: check the loss for NaN (e.g. log or sqrt of a negative number) at q0.")
     positive_definite(rayleigh, "the kinetic metric M = ∂²K/∂v²" if system.order == 2 else "the flow's metric G")
 
 

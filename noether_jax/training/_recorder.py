@@ -26,7 +26,7 @@ import optax
 from jaxtyping import Array, ArrayLike, Bool, Float, Int, PRNGKeyArray, PyTree
 
 from .. import _validate, theory
-from .._tree import cast_floats, float_dtype, is_concrete, tree_finite
+from .._tree import cast_floats, float_dtype, is_concrete
 from ..models import as_model, cross_entropy
 from ..rules import AbstractRule, Hyper, check_optimizer, resolve
 from ..symmetry import KINDS, MaskedSymmetry, Symmetries, gradient_residuals, group_names, pair
