@@ -8,7 +8,9 @@ spoils the others).
 
 from __future__ import annotations
 
+import inspect
 import math
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import jax
@@ -147,3 +149,53 @@ def labels(y: Any, n_classes: int | None = None, name: str = "y") -> None:
     if y.size and (y.min() < 0 or (n_classes is not None and y.max() >= n_classes)):
         raise ValueError(f"`{name}` has labels outside [0, {n_classes}): min {int(y.min())}, max {int(y.max())}. "
                          "Relabel the classes as 0 … n_classes−1.")
+
+
+def signature(fn: Callable, name: str, form: str, n_args: int) -> Callable:
+    """Refuse, before any tracing, a callable that cannot be called with ``n_args`` positional arguments.
+
+    ``form`` is what the library calls it with, e.g. ``"V(q, t)"``; the message names it and the fix.
+    Callables whose signature Python cannot read (some builtins) pass unchecked.
+    """
+    if not callable(fn):
+        raise TypeError(f"`{name}` must be a callable {form} -> scalar, got {type(fn).__name__}.")
+    try:
+        sig = inspect.signature(fn)
+    except (TypeError, ValueError):
+        return fn
+    try:
+        sig.bind(*range(n_args))
+    except TypeError:
+        raise TypeError(f"`{name}` must be callable as {form}, but its signature is {getattr(fn, '__name__', 'fn')}{sig}. "
+                        f"Accept (and ignore, if unused) every argument, e.g. lambda {form[2:-1]}: ...") from None
+    return fn
+
+
+def positive_definite(rayleigh: Any, name: str = "the kinetic metric M = ∂²K/∂v²") -> None:
+    """Raise when concrete Rayleigh quotients wᵀMw/wᵀw of random probes are not all finite and positive."""
+    r = np.asarray(rayleigh)
+    if not (np.all(np.isfinite(r)) and np.all(r > 0)):
+        raise ValueError(f"{name} is not positive definite at the initial state: the Rayleigh quotients wᵀMw/|w|² of "
+                         f"random probes w are {np.round(r, 6).tolist()} (all must be finite and > 0). A singular or "
+                         "indefinite metric has no Euler–Lagrange acceleration; give every coordinate a positive mass, "
+                         "or use nj.GradientFlow for the overdamped limit.")
+
+
+def check_broadcast(like: Any, other: Any, name_like: str, name: str) -> None:
+    """Raise when pytree ``other`` (e.g. a diagonal preconditioner) does not match ``like`` leaf for leaf
+    (same structure; each leaf broadcastable to the matching one). Shapes are static: works under jit."""
+    ta, tb = jax.tree.structure(like), jax.tree.structure(other)
+    one = jax.tree_util.treedef_is_leaf(tb) and not jax.tree_util.treedef_is_leaf(ta)
+    if ta != tb and not one:
+        raise ValueError(f"`{name}` must have the pytree structure of `{name_like}` (or be one array); got\n"
+                         f"  {name_like}: {ta}\n  {name}: {tb}")
+    leaves_b = jax.tree.leaves(other) * (ta.num_leaves if one else 1)
+    for i, (x, y) in enumerate(zip(jax.tree.leaves(like), leaves_b, strict=True)):
+        try:
+            ok = np.broadcast_shapes(jnp.shape(y), jnp.shape(x)) == tuple(jnp.shape(x))
+        except ValueError:
+            ok = False
+        if not ok:
+            raise ValueError(f"leaf {i} of `{name}` has shape {jnp.shape(y)}, which does not broadcast to the shape "
+                             f"{jnp.shape(x)} of the matching leaf of `{name_like}`; build `{name}` like `{name_like}` "
+                             f"(e.g. jax.tree.map(jnp.ones_like, {name_like})).")

@@ -57,6 +57,20 @@ def guarded(fn: Callable) -> Callable:
     return wrapper
 
 
+def _rescued(out: Path, write: Callable[[Path], object]):
+    """Write a computed result with ``write(folder)``; when ``out`` fails after the work (disk full, folder
+    removed), write it to a fresh temporary folder instead and say where: a result is never lost."""
+    try:
+        return write(out), out
+    except OSError as e:
+        import tempfile
+
+        rescue = Path(tempfile.mkdtemp(prefix="noether-jax-rescue-"))
+        typer.echo(f"warning: could not write to {out} ({e.strerror or e}); writing the outputs to {rescue} instead",
+                   err=True)
+        return write(rescue), rescue
+
+
 def _out_dir(out: Path) -> Path:
     from ._io import check_out_dir
 
@@ -108,8 +122,11 @@ def demo(
     with _busy("compiling and running the demo"):
         result = run_demo(lr=lr, momentum=momentum, weight_decay=weight_decay, time=time)
     typer.echo(format_table(result.table))
-    plots.write_figure(plots.plot_demo(result), out / "demo.png")
-    write_json(result.to_dict(), out / "summary.json")
+    def write(d: Path) -> None:
+        plots.write_figure(plots.plot_demo(result), d / "demo.png")
+        write_json(result.to_dict(), d / "summary.json")
+
+    _, out = _rescued(out, write)
     typer.echo(f"\nwrote {out / 'demo.png'} and {out / 'summary.json'}")
     _single_run_verdict(result.guard.summary(), out)
 
@@ -197,8 +214,13 @@ def neural_mechanics_cmd(
     t = result.summary.get("timing_s", {})
     if t:
         typer.echo(f"compile {t['compile']:.1f} s, run {t['run']:.1f} s", err=True)
-    summary, _ = nm_outputs(result, out)
-    write_json(summary, out / "summary.json")
+
+    def write(d: Path) -> dict:
+        summary = nm_outputs(result, d)[0]
+        write_json(summary, d / "summary.json")
+        return summary
+
+    summary, out = _rescued(out, write)
     for kind, e in summary.get("symmetries", {}).items():
         if "median_rel_error" in e:
             typer.echo(f"{kind:12s} {e['n_groups']:5d} groups   median rel. error {e['median_rel_error']:.2e}   "
@@ -263,7 +285,10 @@ def sweep(
     progress: Annotated[bool, _opt("progress bar over compilation and chunks")] = True,
     noether: Annotated[bool, _opt("record kinetic symmetry breaking and the charge budget per member and kind")] = False,
     rmsprop: Annotated[bool, _opt("train each member's mapped group RMSProp in lockstep (needs scale groups)")] = False,
-    sharpness_every: Annotated[int, _opt("estimate η·λ_max every this many steps (0: off; a multiple of --save-every)")] = 0,
+    eq17_forms: Annotated[bool, _opt("score every NLD eq. 17 forcing in both forms per member (needs scale groups)")] = False,
+    sharpness_every: Annotated[int | None, _opt("estimate η·λ_max every this many steps (a multiple of --save-every "
+                                                "dividing --steps) for the edge-of-stability flag; default --steps "
+                                                "(the first and the last step); 0: off")] = None,
     flow: Annotated[str, _opt("integrate each member's continuous model: modified, gradient, or none (full batch only)")] = "none",
     optimizer: Annotated[str, _opt("optimisers, comma-separated: sgd, adam, adamw, rmsprop (for adam/adamw --momentum is b1, "
                                    "and --weight-decay is AdamW's decoupled decay)")] = "sgd",
@@ -290,15 +315,20 @@ def sweep(
     try:
         ds = run_sweep(model_arg, seed=seeds, steps=steps, save_every=save_every, width=width, data=ds_data,
                        chunk_size=chunk_size or None, store=out / "store", progress=progress, noether=noether,
-                       rmsprop=rmsprop, sharpness_every=sharpness_every, flow=None if flow == "none" else flow,
+                       rmsprop=rmsprop, eq17_forms=eq17_forms, flow=None if flow == "none" else flow,
+                       sharpness_every=steps if sharpness_every is None else sharpness_every,
                        optimizer=None if optimizer == "sgd" else [o.strip() for o in optimizer.split(",")], **grid)
     except (ValueError, TypeError) as e:
         raise BadInput(str(e)) from None
-    atomic_write(out / "sweep.nc", bytes(ds.to_netcdf(None, engine="scipy")))
-    summ = sweep_summary(ds)
-    figs = plots.sweep_figures(ds, out)
-    summ["figures"] = [p.name for p in figs]
-    write_json(summ, out / "summary.json")
+    def write(d: Path) -> tuple[dict, list]:
+        atomic_write(d / "sweep.nc", bytes(ds.to_netcdf(None, engine="scipy")))
+        summ = sweep_summary(ds)
+        figs = plots.sweep_figures(ds, d)
+        summ["figures"] = [p.name for p in figs]
+        write_json(summ, d / "summary.json")
+        return summ, figs
+
+    (summ, figs), out = _rescued(out, write)
     typer.echo(f"{summ['n_members']} members: {summ['status']}; compile {ds.attrs['compile_time_s']:.1f} s, "
                f"run {ds.attrs['run_time_s']:.1f} s ({ds.attrs['chunks_run']} chunks run, {ds.attrs['chunks_loaded']} loaded)")
     typer.echo(f"wrote {out / 'sweep.nc'}, {out / 'summary.json'} and {len(figs)} heat maps in {out}")
@@ -345,7 +375,7 @@ def nld(
             result = run_nld(cfg)
     except ValueError as e:
         raise BadInput(str(e)) from None
-    s = nld_outputs(result, out)
+    s, out = _rescued(out, lambda d: nld_outputs(result, d))
     e, r, a = s["eq17"], s["rmsprop_match"], s["ablation"]
     typer.echo(f"eq. 17: {e['n_groups']} groups, median rel. error {e['median_rel_error']:.2e}, max {e['max_rel_error']:.2e}"
                f" (velocity-forced: median {e['velocity_forced_median_rel_error']:.2e})")
@@ -354,8 +384,7 @@ def nld(
     typer.echo(f"ablation (β=0.9, λ>0): unconstrained {a['unconstrained_final_loss']:.4f} vs constrained "
                f"{a['constrained_final_loss']:.4f}")
     typer.echo(f"wrote {out}/summary.json, figures and nld_data.npz")
-    if int(result.comparison.track.diverged_step[0]) >= 0:
-        _fail(diverged_message(int(result.comparison.track.diverged_step[0]), out), 1)
+    _single_run_verdict(s.get("stability") or {}, out)
 
 
 def main() -> None:

@@ -23,7 +23,7 @@ from .. import theory
 from .._validate import integer
 from ..rules import Hyper, sgd
 from ..symmetry import detect, group_names, n_groups
-from ..training import Batches, Engine, Record, Recorder, SaveParams, run
+from ..training import Batches, Engine, Record, Recorder, SaveParams, Sharpness, run
 
 
 @dataclasses.dataclass(frozen=True)
@@ -216,10 +216,11 @@ class FlowComparison:
     dist_modified: np.ndarray
     dist_gradient: np.ndarray
     param_scale: float
+    guard: Any = None
 
     def to_dict(self) -> dict[str, Any]:
         return {"max_dist_modified": float(np.max(self.dist_modified)), "max_dist_gradient": float(np.max(self.dist_gradient)),
-                "param_scale": self.param_scale}
+                "param_scale": self.param_scale, "stability": None if self.guard is None else self.guard.summary()}
 
 
 def compare_flows(
@@ -242,7 +243,10 @@ def compare_flows(
 
     rule = sgd(lr=lr, momentum=momentum, weight_decay=weight_decay)
     engine = Engine(lambda p, s, b: (loss(p), s), [rule.optimizer()], Batches(x, y), hooks={"params": SaveParams()})
-    discrete = jax.jit(lambda p: run(engine, [p], [{}], jax.random.key(0), steps=steps, save_every=1))(params).saved["params"]
+    # the guard: η·λ_max of the full-batch Hessian at the first and the last step, against 2(1+β)
+    sharp = Sharpness(steps, 20, rule.edge())
+    trained = jax.jit(lambda p: run(engine, [p], [{}], jax.random.key(0), steps=steps, save_every=1, sharpness=sharp))(params)
+    discrete = trained.saved["params"]
     ts = jnp.arange(steps + 1) * lr
     v0 = rule.initial_velocity(params, jax.grad(loss)(params))
     mod = simulate(rule.lagrangian(loss), params, v0, t1=float(ts[-1]), ts=ts, rtol=1e-6, atol=1e-8, max_steps=200_000)
@@ -256,4 +260,4 @@ def compare_flows(
         return np.asarray(jax.vmap(loss)(traj))
 
     return FlowComparison(np.arange(steps + 1), losses(discrete), losses(mod.q), losses(grad.q), dist(mod.q), dist(grad.q),
-                          float(np.sqrt(sum(np.sum(np.asarray(a) ** 2) for a in jax.tree.leaves(params)))))
+                          float(np.sqrt(sum(np.sum(np.asarray(a) ** 2) for a in jax.tree.leaves(params)))), trained.guard)

@@ -44,7 +44,7 @@ from ..nld import (
 )
 from ..rules import Hyper, adam, adamw, heavy_ball, preconditioned, rmsprop, sgd
 from ..symmetry import MaskedSymmetry, breaks_symmetry, check_scale, kinetic_symmetry_breaking, normalise_groups, parts
-from ..training import Batches, Engine, LastStep, Recorder, run
+from ..training import Batches, Engine, LastStep, Recorder, StabilityGuard, lambda_max, run
 
 
 def _dict(obj: Any) -> dict[str, Any]:
@@ -449,6 +449,21 @@ def _snapshot_states(net, x, y, params, state, key, opt, *, lr, steps, every, ba
     return out.saved["last"]
 
 
+def sgd_guard(net: Model, x: Array, y: Array, start: tuple, end: tuple, *, lr: float, momentum: float,
+              weight_decay: float, steps: int, diverged_step: Array, batch_size: int, key: PRNGKeyArray) -> StabilityGuard:
+    """The guard of the NLD SGD run: η·λ_max of ℒ + (λ/2)|θ|² on one mini-batch, at the first and the last
+    step, against 2(1+β); NLD's laws are continuous-time and say nothing beyond it."""
+    xb, yb = x[:batch_size], y[:batch_size]
+
+    @jax.jit
+    def lam(p, s):
+        return lambda_max(lambda q: cross_entropy(net(q, s, xb, train=True)[0], yb), p, weight_decay=weight_decay, key=key)
+
+    lams = jnp.stack([lam(*start), lam(*end)])
+    return StabilityGuard.from_edge(lams, sgd(lr=lr, momentum=momentum, weight_decay=weight_decay).edge(),
+                                    jnp.asarray([0, steps]), diverged_step)
+
+
 # ------------------------------------------------------------------------------------------ all of it
 @dataclasses.dataclass(frozen=True)
 class NLDConfig:
@@ -486,6 +501,7 @@ class NLDResult:
     adam: AdamNormCheck
     ksb: list[KSBRow]
     elapsed_s: float
+    guard: StabilityGuard | None = None
 
     def to_dict(self) -> dict[str, Any]:
         best_u, best_c = self.constrained.best(0.9, float(self.constrained.weight_decay.max()))
@@ -496,6 +512,7 @@ class NLDResult:
                          "at": {"momentum": 0.9, "weight_decay": float(self.constrained.weight_decay.max())},
                          "grid": self.constrained.to_dict(), "init_x10": self.init_x10.to_dict(), "adam": self.adam.to_dict()},
             "ksb": [r.to_dict() for r in self.ksb], "elapsed_s": self.elapsed_s,
+            "stability": None if self.guard is None else self.guard.summary(),
         }
 
 
@@ -534,6 +551,9 @@ def run_nld(config: NLDConfig = NLDConfig()) -> NLDResult:
     cmp = eqx.filter_jit(compare_rmsprop)(net, sym, x, y, params, state, hyper, key, steps=steps, batch_size=bs,
                                           lags=EQ17_LAGS)
     e17 = eq17_score(cmp.track, 0, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    guard = sgd_guard(net, x, y, (params, state), (cmp.track.params[0], cmp.track.state[0]), lr=cfg.lr,
+                      momentum=cfg.momentum, weight_decay=cfg.weight_decay, steps=steps,
+                      diverged_step=cmp.track.diverged_step[0], batch_size=bs, key=key)
     m_all, m500 = rmsprop_match(cmp).to_dict(), rmsprop_match(cmp, window=min(500, steps)).to_dict()
     match = {**m_all, "max_angle_deg": m500["max_angle_deg"], "control_max_angle_deg": m500["control_max_angle_deg"],
              "max_angle_deg_all_steps": m_all["max_angle_deg"], "control_max_angle_deg_all_steps": m_all["control_max_angle_deg"],
@@ -563,4 +583,4 @@ def run_nld(config: NLDConfig = NLDConfig()) -> NLDResult:
     ksb = ksb_report(net, syms, x, y, params, state, key, lr=cfg.lr, steps=40 if cfg.quick else 400,
                      snapshots=2 if cfg.quick else 4, batch_size=bs)
     counts = {k: int(sum(s.n_groups for s in parts(v))) for k, v in syms.items()}
-    return NLDResult(cfg, counts, e17, match, cmp, mv, init, constrained, adam, ksb, time.perf_counter() - t0)
+    return NLDResult(cfg, counts, e17, match, cmp, mv, init, constrained, adam, ksb, time.perf_counter() - t0, guard)

@@ -21,7 +21,7 @@ import jax.numpy as jnp
 from jaxtyping import ArrayLike, PyTree, Scalar
 
 from .._tree import as_time, tree_vdot
-from .._validate import check_same_structure, check_scalar, hyper
+from .._validate import check_same_structure, check_scalar, hyper, signature, valid
 from .kinetic import AbstractKinetic, as_kinetic
 
 
@@ -47,11 +47,26 @@ class AbstractDynamics(eqx.Module):
         """A first-order state y as (positions, auxiliary state or None): the inverse of :meth:`initial_state`."""
         return y, None
 
+    def checks(self) -> dict[str, jax.Array]:
+        """Traced-safe: name → True where that constant (mass, damping, friction, weight decay, …) lies in
+        its domain. :func:`~noether_jax.simulate` turns a False into ``RESULTS.invalid_hyperparameter``."""
+        return {}
+
+    def valid(self) -> jax.Array:
+        """Traced-safe: every constant of the system in its domain."""
+        out = jnp.asarray(True)
+        for ok in self.checks().values():
+            out = out & jnp.all(ok)
+        return out
+
 
 def _as_potential(potential: Callable) -> Callable:
-    if not callable(potential):
-        raise TypeError(f"`potential` must be a callable V(q, t) -> scalar, got {type(potential).__name__}.")
-    return potential
+    return signature(potential, "potential", "V(q, t)", 2)
+
+
+def _potential_checks(potential: Callable) -> dict[str, jax.Array]:
+    """The checks of a potential that carries constants of its own (e.g. a rule's weight decay)."""
+    return dict(potential.checks()) if isinstance(potential, eqx.Module) and hasattr(potential, "checks") else {}
 
 
 class Lagrangian(AbstractDynamics):
@@ -88,6 +103,12 @@ class Lagrangian(AbstractDynamics):
         self.kinetic = as_kinetic(kinetic)
         self.potential = _as_potential(potential)
         self.damping = damping if callable(damping) else hyper("damping", damping)
+
+    def checks(self) -> dict[str, jax.Array]:
+        out = {f"kinetic.{k}": v for k, v in self.kinetic.checks().items()}
+        if not callable(self.damping):
+            out["damping"] = valid("damping", self.damping)
+        return {**out, **_potential_checks(self.potential)}
 
     def rho(self, t: ArrayLike) -> jax.Array:
         """The damping rate ρ(t) = d/dt log φ(t)."""
@@ -200,6 +221,12 @@ class GradientFlow(AbstractDynamics):
             )
         self.metric = metric
         self.friction = hyper("friction", friction)
+
+    def checks(self) -> dict[str, jax.Array]:
+        out = {"friction": valid("friction", self.friction)}
+        if self.metric is not None:
+            out.update({f"metric.{k}": v for k, v in self.metric.checks().items()})
+        return {**out, **_potential_checks(self.potential)}
 
     def V(self, q: PyTree, t: ArrayLike) -> Scalar:
         return check_scalar(self.potential(q, t), "the potential")

@@ -22,7 +22,7 @@ import lineax as lx
 from jaxtyping import ArrayLike, PyTree, Scalar
 
 from .._tree import as_time, is_concrete, tree_vdot
-from .._validate import check_scalar, hyper
+from .._validate import check_broadcast, check_scalar, hyper, signature, valid
 
 _SINGULAR = (
     "the kinetic metric M = ∂²K/∂v² is singular (or not positive definite) at this state: the "
@@ -59,6 +59,13 @@ class AbstractKinetic(eqx.Module):
 
     @abc.abstractmethod
     def __call__(self, q: PyTree, v: PyTree, t: ArrayLike) -> Scalar: ...
+
+    def checks(self) -> dict[str, jax.Array]:
+        """Traced-safe: name → True where that constant of K lies in its domain (empty: nothing to check)."""
+        return {}
+
+    def check_state(self, q: PyTree) -> None:
+        """Raise, from static shapes (before compiling), when K cannot act on a state shaped like ``q``."""
 
     def momentum(self, q: PyTree, v: PyTree, t: ArrayLike) -> PyTree:
         """The canonical momentum p = ∂K/∂v (with the factor φ divided out)."""
@@ -104,6 +111,9 @@ class Euclidean(AbstractKinetic):
 
     def __init__(self, mass: ArrayLike = 1.0):
         self.mass = hyper("mass", mass)
+
+    def checks(self):
+        return {"mass": valid("mass", self.mass)}
 
     def __call__(self, q, v, t):
         return 0.5 * self.mass * tree_vdot(v, v)
@@ -155,6 +165,15 @@ class Diagonal(AbstractKinetic):
     def _m(self, q, t):
         return self.mass(q, t) if callable(self.mass) else self.mass
 
+    def check_state(self, q):
+        if not callable(self.mass):
+            check_broadcast(q, self.mass, "q0", "mass")
+
+    def checks(self):
+        if callable(self.mass):
+            return {}
+        return {"mass": jnp.all(jnp.stack([jnp.all(jnp.isfinite(m) & (m > 0)) for m in jax.tree.leaves(self.mass)]))}
+
     def __call__(self, q, v, t):
         m = self._m(q, t)
         return 0.5 * sum(jnp.sum(mi * vi * vi) for mi, vi in zip(jax.tree.leaves(m), jax.tree.leaves(v), strict=True))
@@ -194,6 +213,10 @@ class Metric(AbstractKinetic):
     solver: lx.AbstractLinearSolver | None = None
     quadratic: ClassVar[bool] = True
 
+    def __init__(self, metric: Callable[[PyTree, PyTree, ArrayLike], PyTree], solver: lx.AbstractLinearSolver | None = None):
+        self.metric = signature(metric, "metric", "G(q, w, t)", 3)
+        self.solver = solver
+
     def __call__(self, q, v, t):
         return 0.5 * tree_vdot(v, self.metric(q, v, t))
 
@@ -220,6 +243,10 @@ class General(AbstractKinetic):
 
     fn: Callable[[PyTree, PyTree, ArrayLike], Scalar]
     solver: lx.AbstractLinearSolver | None = None
+
+    def __init__(self, fn: Callable[[PyTree, PyTree, ArrayLike], Scalar], solver: lx.AbstractLinearSolver | None = None):
+        self.fn = signature(fn, "kinetic", "K(q, v, t)", 3)
+        self.solver = solver
 
     def __call__(self, q, v, t):
         return check_scalar(self.fn(q, v, t), "the kinetic energy")

@@ -336,6 +336,14 @@ class AdaptiveFlow(AbstractDynamics):
     def grad(self, q: PyTree) -> PyTree:
         return jax.grad(lambda p: check_scalar(self.loss(p), "the loss"))(q)
 
+    def V(self, q: PyTree, t: ArrayLike) -> Scalar:
+        """The loss at θ (what simulate checks for NaN at the initial state)."""
+        return check_scalar(self.loss(q), "the loss")
+
+    def checks(self) -> dict[str, Array]:
+        """Traced-safe: the rule's hyperparameters in their domains (simulate's invalid_hyperparameter)."""
+        return {f"{self.rule.name} hyperparameters": self.rule.valid()}
+
     def initial_state(self, q0: PyTree) -> tuple[PyTree, Any]:
         return q0, self.rule.initial_state(q0, self.opt_state)
 

@@ -25,7 +25,7 @@ from jaxtyping import Array, ArrayLike, PyTree, Scalar
 
 from .. import theory
 from .._tree import is_concrete, tree_sq_norm
-from .._validate import check_scalar, hyper, valid
+from .._validate import check_broadcast, check_scalar, hyper, valid
 from ._base import AbstractRule, EdgeOfStability, Hyper
 from ..mechanics import AbstractDynamics, GradientFlow, Lagrangian
 from ..mechanics.kinetic import AbstractKinetic, Diagonal, Euclidean
@@ -39,6 +39,12 @@ class RegularisedLoss(eqx.Module):
 
     loss: Callable[[PyTree], Scalar]
     weight_decay: Array
+    rule_checks: dict[str, Array] = eqx.field(default_factory=dict)
+
+    def checks(self) -> dict[str, Array]:
+        """The weight decay's domain, and those of the rule that built this potential (η, β: a rule outside
+        its domain has no continuous model, whatever the Lagrangian's own constants say)."""
+        return {**self.rule_checks, "weight_decay": valid("weight_decay", self.weight_decay)}
 
     def __call__(self, q: PyTree, t: ArrayLike = 0.0) -> Scalar:
         value = check_scalar(self.loss(q), "the loss")
@@ -51,6 +57,10 @@ class ModifiedLoss(eqx.Module):
     potential: Callable[[PyTree, ArrayLike], Scalar]
     coefficient: Array
     metric: AbstractKinetic | None = None
+
+    def checks(self) -> dict[str, Array]:
+        inner = self.potential.checks() if hasattr(self.potential, "checks") else {}
+        return {**inner, "modified_loss.coefficient": jnp.isfinite(self.coefficient) & (self.coefficient >= 0)}
 
     def __call__(self, q: PyTree, t: ArrayLike = 0.0) -> Scalar:
         value, g = jax.value_and_grad(self.potential)(q, t)
@@ -65,6 +75,7 @@ def _precondition(preconditioner: PyTree | Callable[[PyTree], PyTree] | None) ->
 
     def f(updates, params):
         p = preconditioner(params) if callable(preconditioner) else preconditioner
+        check_broadcast(updates, p, "params", "preconditioner")
         return jax.tree.map(lambda u, pi: u / pi, updates, p)
 
     return optax.stateless(f)
@@ -174,8 +185,8 @@ class LearningRule(AbstractRule):
         return jnp.asarray(step) * self.lr
 
     def potential(self, loss: Callable[[PyTree], Scalar]) -> RegularisedLoss:
-        """V = loss + (λ/2)|θ|² (coupled weight decay)."""
-        return RegularisedLoss(loss, self.weight_decay)
+        """V = loss + (λ/2)|θ|² (coupled weight decay); it carries the rule's checks for :func:`simulate`."""
+        return RegularisedLoss(loss, self.weight_decay, {"lr": valid("lr", self.lr), "momentum": valid("momentum", self.momentum)})
 
     def kinetic(self) -> AbstractKinetic:
         """K = (m/2) θ̇ᵀ P θ̇ (P = 1 for SGD)."""

@@ -36,7 +36,7 @@ from .._validate import batch_size as check_batch_size
 from .._validate import check_scalar, hyper, integer
 from ..rules import sgd
 from ..symmetry import MaskedSymmetry
-from ..training import Batches, Engine, SaveParams, run
+from ..training import Batches, Engine, SaveParams, StabilityGuard, lambda_max, run
 
 Method = Literal["scan", "diffrax"]
 
@@ -212,14 +212,49 @@ class Paths(eqx.Module):
     """Save times and states of one path (leaves: (S, ...)) or an ensemble (leaves: (N, S, ...)).
 
     ``params`` are the parameters θ; ``velocity`` is u = θ̇ for a second-order SDE (None otherwise).
+    ``guard`` is where the SDE model of SGD holds (:class:`~noether_jax.stochastic.StabilityGuard`):
+    ``diverged_step`` is the first step (at save resolution) whose loss or parameters are not finite or
+    whose training loss exceeds 10⁴ × the first; λ_max of the full-batch Hessian of ℒ + (λ/2)|θ|² at the
+    first and the last save point is compared with 2(1+β) (``guard.edge``; per path in an ensemble).
+    Beyond the edge the discrete run it models is unstable and the SDE describes nothing.
     """
 
     ts: Float[Array, "*N S"]
     params: PyTree
     velocity: PyTree = None
+    guard: StabilityGuard | None = None
+
+
+DIVERGENCE_FACTOR = 1e4
+
+
+def _path_guard(sde: SGDSDE, params: PyTree, save_every: int, key: PRNGKeyArray, iters: int = 20) -> StabilityGuard:
+    """The divergence and edge-of-stability flags of one saved path (leaves (S, ...))."""
+    losses = jax.vmap(sde.loss)(params)
+    finite = jax.vmap(lambda p: jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(p)])))(params)
+    bad = ~finite | ~jnp.isfinite(losses) | (losses > DIVERGENCE_FACTOR * jnp.maximum(losses[0], jnp.finfo(losses.dtype).tiny))
+    first = jnp.argmax(bad)
+    diverged = jnp.where(jnp.any(bad), first * save_every, -1).astype(jnp.int32)
+    n_saves = losses.shape[0]
+    at = jnp.asarray([0, n_saves - 1], jnp.int32)
+    ends = jax.tree.map(lambda x: x[at], params)
+    lam = jax.vmap(lambda p: lambda_max(sde.loss, p, weight_decay=sde.weight_decay, key=key, iters=iters))(ends)
+    return StabilityGuard.from_edge(lam, sde.rule().edge(), at * save_every, diverged)
+
+
+def _dt(dt: Any) -> float:
+    """A concrete, finite, positive step (it sets the number of steps, a static shape)."""
+    if isinstance(dt, bool) or not is_concrete(dt) or np.ndim(dt) != 0:
+        raise TypeError(f"`dt` must be a positive number known before tracing (it sets the number of steps), got {dt!r}.")
+    dt = float(dt)
+    if not (math.isfinite(dt) and dt > 0):
+        raise ValueError(f"`dt` must be finite and > 0, got {dt}; the default is η/4.")
+    return dt
 
 
 def _grid(t1, dt, save_every):
+    if not (math.isfinite(float(t1)) and float(t1) > 0):
+        raise ValueError(f"`t1` must be finite and > 0, got {float(t1)}.")
     steps = int(round(float(t1) / float(dt)))
     if steps < 1 or not math.isclose(steps * float(dt), float(t1), rel_tol=1e-9, abs_tol=1e-12):
         raise ValueError(f"`t1` ({t1}) must be a positive integer multiple of `dt` ({dt}).")
@@ -305,7 +340,7 @@ def sde_path(
         >>> p.ts.shape, p.params.shape
         ((9,), (9, 1))
     """
-    dt = float(sde.lr) / 4.0 if dt is None else float(dt)
+    dt = float(sde.lr) / 4.0 if dt is None else _dt(dt)
     steps = _grid(t1, dt, save_every)
     state0 = sde.initial_state(params, velocity)
     if method == "scan":
@@ -317,7 +352,7 @@ def sde_path(
     dtype = jnp.result_type(*jax.tree.leaves(params), float)
     ts = jnp.arange(steps // save_every + 1, dtype=dtype) * (save_every * dt)
     th, u = sde._split(ys)
-    return Paths(ts, th, u)
+    return Paths(ts, th, u, _path_guard(sde, th, save_every, jax.random.fold_in(key, 2**31 - 1)))
 
 
 @eqx.filter_jit
@@ -350,7 +385,7 @@ def sde_ensemble(
         >>> ens.params.shape
         (16, 5, 1)
     """
-    dt = float(sde.lr) / 4.0 if dt is None else float(dt)
+    dt = float(sde.lr) / 4.0 if dt is None else _dt(dt)
     _grid(t1, dt, save_every)
     return _sde_ensemble(sde, params, keys, float(t1), dt, save_every, velocity, method, solver, brownian)
 

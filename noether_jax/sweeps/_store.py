@@ -1,9 +1,10 @@
 """The resumable on-disk store of a sweep: one netCDF file per chunk, verified before it is trusted (private).
 
-``manifest.json`` holds the sweep's configuration hash and, per finished chunk, the members it holds
-and the sha256 of its file. On resume a chunk is loaded only when its file exists, its checksum
-matches and its member ids are the expected ones; a missing, truncated, corrupted or foreign chunk
-is recomputed (with a warning that names the file). A manifest that cannot be read is refused.
+``manifest.json`` holds the sweep's configuration hash and, per finished chunk, the members it holds,
+their configurations (seed, η, β, λ, batch size, init scale) and the sha256 of its file. On resume a
+chunk is loaded only when its file exists, its checksum matches and its member ids and configurations
+are the expected ones; a missing, truncated, corrupted or foreign chunk is recomputed (with a warning
+that names the file), never loaded. A manifest that cannot be read is refused, naming it and the fix.
 """
 
 from __future__ import annotations
@@ -53,6 +54,9 @@ class Store:
                 old = json.loads(self.manifest_path.read_text())
                 if not isinstance(old, dict) or "config_hash" not in old:
                     raise ValueError("it has no config_hash")
+                if not isinstance(old.get("chunks", {}), dict) or not all(
+                        isinstance(e, dict) for e in old.get("chunks", {}).values()):
+                    raise ValueError("its chunk entries are not records")
             except (ValueError, UnicodeDecodeError) as e:
                 raise ValueError(f"the store's manifest {self.manifest_path} is corrupt ({e}); delete the store folder "
                                  f"{self.path} to start the sweep over.") from None
@@ -83,7 +87,8 @@ class Store:
     def name(group: int, index: int) -> str:
         return f"chunk-g{group:02d}-{index:05d}.nc"
 
-    def load(self, group: int, index: int, members: np.ndarray) -> dict[str, np.ndarray] | None:
+    def load(self, group: int, index: int, members: np.ndarray, configs: list[dict] | None = None
+             ) -> dict[str, np.ndarray] | None:
         """The chunk's arrays when its file is present and verified; None (recompute) otherwise."""
         name = self.name(group, index)
         path = self.path / name
@@ -92,6 +97,9 @@ class Store:
             if path.exists():
                 warnings.warn(f"noether_jax sweep: {path} is not in the manifest (a run killed mid-write?); recomputing it.",
                               stacklevel=3)
+            elif entry is not None:
+                warnings.warn(f"noether_jax sweep: {path} is listed in {self.manifest_path} but missing; recomputing it.",
+                              stacklevel=3)
             return None
         payload = path.read_bytes()
         problem = None
@@ -99,6 +107,8 @@ class Store:
             problem = "its checksum does not match the manifest (truncated or corrupted)"
         elif list(entry.get("members", [])) != [int(m) for m in members]:
             problem = "the manifest lists other members for it (a chunk of another layout)"
+        elif configs is not None and "configs" in entry and entry["configs"] != _plain(configs):
+            problem = "the manifest lists other member configurations for it (a chunk of another sweep)"
         if problem is None:
             got, out = _read(payload)
             if not np.array_equal(got, members):
@@ -108,14 +118,23 @@ class Store:
         warnings.warn(f"noether_jax sweep: {path}: {problem}; recomputing it.", stacklevel=3)
         return None
 
-    def save(self, group: int, index: int, members: np.ndarray, out: dict[str, np.ndarray]) -> None:
+    def save(self, group: int, index: int, members: np.ndarray, out: dict[str, np.ndarray],
+             configs: list[dict] | None = None) -> None:
         if not self.writer:
             return
         name = self.name(group, index)
         payload = _write(members, out)
         atomic_write(self.path / name, payload)
-        self.chunks[name] = {"members": [int(m) for m in members], "sha256": hashlib.sha256(payload).hexdigest()}
+        entry: dict[str, Any] = {"members": [int(m) for m in members], "sha256": hashlib.sha256(payload).hexdigest()}
+        if configs is not None:
+            entry["configs"] = _plain(configs)
+        self.chunks[name] = entry
         self._write_manifest()
+
+
+def _plain(configs: list[dict]) -> list[dict]:
+    """Member configurations as the manifest stores them (JSON round trip: what a resumed run reads back)."""
+    return json.loads(json.dumps(configs, sort_keys=True, default=str))
 
 
 def _write(members: np.ndarray, out: dict[str, np.ndarray]) -> bytes:

@@ -388,7 +388,8 @@ def _execute(plan: _Plan, *, devices, chunk_size, store, progress, on_chunk) -> 
         exe = dynamic = None
         for c, start in enumerate(range(0, len(idx), chunk)):
             ids = np.asarray(idx[start : start + chunk])
-            out = st.load(g, c, ids) if st is not None else None
+            cfgs = [plan.members[int(i)] for i in ids]
+            out = st.load(g, c, ids, cfgs) if st is not None else None
             if out is not None:
                 t["loaded"] += 1
             else:
@@ -411,7 +412,7 @@ def _execute(plan: _Plan, *, devices, chunk_size, store, progress, on_chunk) -> 
                 t["run"] += time.perf_counter() - t0
                 t["ran"] += 1
                 if st is not None:
-                    st.save(g, c, ids, out)
+                    st.save(g, c, ids, out, cfgs)
             for j, i in enumerate(ids):
                 results[int(i)] = {k: v[j] for k, v in out.items()}
             done += 1
@@ -432,14 +433,14 @@ def _execute(plan: _Plan, *, devices, chunk_size, store, progress, on_chunk) -> 
 
 
 def _versions() -> str:
-    from importlib.metadata import version
+    from importlib.metadata import PackageNotFoundError, version
 
     out = []
     for p in ("noether_jax", "jax", "jaxlib", "equinox", "optax", "flax", "xarray"):
         try:
             out.append(f"{p}={version(p)}")
-        except Exception:  # pragma: no cover
-            pass
+        except PackageNotFoundError:  # e.g. running from a source tree: recorded as such, not hidden
+            out.append(f"{p}=not installed")
     return ", ".join(out)
 
 

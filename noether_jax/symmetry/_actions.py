@@ -24,7 +24,7 @@ import numpy as np
 from jaxtyping import Array, ArrayLike, Float, PyTree, Scalar
 
 from .._tree import tree_sq_norm, tree_vdot
-from .._validate import check_scalar
+from .._validate import check_scalar, integer
 
 
 class AbstractSymmetry(eqx.Module):
@@ -158,6 +158,14 @@ def _masked(kind: str, mask: PyTree, like: PyTree | None, c: float, d: float, na
         id_leaves.append(ids)
     if groups == 0:
         raise ValueError(f"{kind}: the mask selects no parameter; at least one entry must be True or a group id ≥ 0.")
+    used = np.zeros(groups, bool)
+    for ids in id_leaves:
+        used[ids[ids >= 0]] = True
+    if not used.all():
+        empty = np.flatnonzero(~used)
+        raise ValueError(f"{kind}: the mask's group ids must be 0 … G−1 with every group non-empty, but group(s) "
+                         f"{empty[:10].tolist()} of {groups} have no member (an empty group trivially \"holds\"); "
+                         "renumber the ids consecutively (e.g. np.unique(ids, return_inverse=True)).")
     if like is not None:
         _check_mask(mask, like, "mask")
         id_leaves = [np.broadcast_to(i, jnp.shape(x)).astype(np.int32) for i, x in zip(id_leaves, jax.tree.leaves(like), strict=True)]
@@ -235,6 +243,12 @@ class Action(AbstractSymmetry):
     psi: Callable[[PyTree, ArrayLike], PyTree]
     groups: int | None = eqx.field(static=True, default=None)
     names: tuple[str, ...] = eqx.field(static=True, default=())
+
+    def __check_init__(self):
+        if not callable(self.psi):
+            raise TypeError(f"Action: `psi` must be a callable psi(q, alpha) -> q, got {type(self.psi).__name__}.")
+        if self.groups is not None:
+            integer("groups", self.groups, minimum=1)  # an action with zero groups acts on nothing
 
     @property
     def n_groups(self) -> int:

@@ -48,6 +48,7 @@ import numpy as np
 from jax.flatten_util import ravel_pytree
 from jaxtyping import Array, Float, Int, PRNGKeyArray, PyTree
 
+from .. import _validate
 from ..models import LinenNetwork, Network, cross_entropy
 from ._actions import Constraints, MaskedSymmetry, Rescale, Scale, Translation, constraints
 from ._groups import Symmetries, group_names
@@ -387,8 +388,11 @@ def detect(
     if not tol > 0:
         raise ValueError(f"`tol` must be positive, got {tol}.")
     state = {} if state is None else state
-    loss = cross_entropy if loss is None else loss
     x, y = batch
+    if loss is None:  # the default cross-entropy takes integer labels in [0, classes)
+        logits = jax.eval_shape(lambda: net(params, state, jnp.asarray(x), train=True)[0])
+        _validate.labels(y, int(logits.shape[-1]), name="batch[1]")
+    loss = cross_entropy if loss is None else loss
     key = jax.random.key(0) if key is None else key
     k_probe, k_alpha = jax.random.split(key)
 
@@ -402,6 +406,9 @@ def detect(
         return loss(net(unravel(t), state, x, train=True)[0], y)
 
     value, g = jax.jit(jax.value_and_grad(f_flat))(theta)
+    if not (np.isfinite(float(value)) and bool(jnp.all(jnp.isfinite(g)))):
+        raise ValueError(f"detect: the loss on `batch` at `params` is {float(value)} or has a non-finite gradient; "
+                         "symmetries cannot be confirmed on a NaN loss (check the inputs and the parameters).")
     U = jax.random.normal(k_probe, (_PROBES, theta.size), dtype)
     hvp = jax.jit(jax.vmap(lambda t, u: jax.jvp(jax.grad(f_flat), (t,), (u,))[1], in_axes=(None, 0)))
     HU = hvp(theta, U)

@@ -173,8 +173,13 @@ class StabilityGuard(eqx.Module):
         return cls(jnp.asarray(step), lam, lr, lr * lam, thr, jnp.asarray(diverged_step), edge.label)
 
     @property
-    def diverged(self) -> Bool[Array, ""]:
+    def diverged(self) -> Bool[Array, "*B"]:
         return self.diverged_step >= 0
+
+    def _estimates(self) -> tuple[int, ...]:
+        """The axes of the estimates of one run: those after the run axes of ``diverged_step`` (a vmapped
+        guard has a leading member axis, which the per-run reductions keep: no member sees another)."""
+        return tuple(range(jnp.ndim(self.diverged_step), jnp.ndim(self.sharpness)))
 
     @property
     def edge(self) -> Float[Array, "*S"]:
@@ -187,13 +192,14 @@ class StabilityGuard(eqx.Module):
         return self.edge == 1.0
 
     @property
-    def any_flagged(self) -> Bool[Array, ""]:
-        """True when any estimate is beyond the edge of stability."""
-        return jnp.any(self.flagged)
+    def any_flagged(self) -> Bool[Array, "*B"]:
+        """True when any estimate of a run is beyond the edge of stability (per member when vmapped)."""
+        return jnp.any(self.flagged, axis=self._estimates())
 
     @property
-    def valid(self) -> Bool[Array, ""]:
-        return jnp.all(self.edge == 0.0) & ~self.diverged
+    def valid(self) -> Bool[Array, "*B"]:
+        """Every estimate finite and at or below a known threshold, and no divergence (per member when vmapped)."""
+        return jnp.all(self.edge == 0.0, axis=self._estimates()) & ~self.diverged
 
     def summary(self) -> dict[str, Any]:
         """A JSON-ready summary for reports (concrete values only)."""

@@ -26,7 +26,7 @@ import optax
 from jaxtyping import Array, ArrayLike, Bool, Float, Int, PRNGKeyArray, PyTree
 
 from .. import _validate, theory
-from .._tree import cast_floats, float_dtype, is_concrete, tree_finite
+from .._tree import cast_floats, float_dtype, is_concrete
 from ..models import as_model, cross_entropy
 from ..rules import AbstractRule, Hyper, check_optimizer, resolve
 from ..symmetry import KINDS, MaskedSymmetry, Symmetries, gradient_residuals, group_names, pair
@@ -105,7 +105,15 @@ class Record(eqx.Module):
     def status(self) -> Int[Array, ""]:
         """0 ok, 1 diverged, 2 nan (a non-finite series), 3 invalid (a hyperparameter out of its domain),
         4 edge of stability (η·λ_max beyond the rule's threshold); see ``STATUS``."""
-        finite = tree_finite((self.measured, self.params)) & jnp.all(jnp.isfinite(self.loss[1:]))
+        b = jnp.ndim(self.guard.diverged_step)  # run axes (a vmapped Record): reduce per member only
+
+        def fin(a):
+            return jnp.all(jnp.isfinite(a), axis=tuple(range(b, jnp.ndim(a))))
+
+        finite = fin(self.loss[..., 1:])
+        for leaf in jax.tree.leaves((self.measured, self.params)):
+            if jnp.issubdtype(jnp.asarray(leaf).dtype, jnp.inexact):
+                finite = finite & fin(leaf)
         code = jnp.where(self.diverged, 1, jnp.where(~finite, 2, jnp.where(self.guard.any_flagged, 4, 0)))
         return jnp.where(~self.hyper_valid, 3, code).astype(jnp.int32)
 
@@ -173,7 +181,8 @@ class Recorder(eqx.Module):
             the run as diverged.
         sharpness_every: estimate λ_max of the mini-batch Hessian (``sharpness_iters`` Lanczos steps on
             batches of its own, so training is unchanged) every ``sharpness_every`` steps and after the
-            last; a multiple of ``save_every`` dividing ``steps``; 0 (default): off.
+            last; a multiple of ``save_every`` dividing ``steps``. Default (None): ``steps``, i.e. at the
+            first and the last step, so every Record carries the edge-of-stability flag; 0: off.
         check_symmetries: refuse, at a concrete :meth:`run`, a symmetry whose gradient constraint fails
             at the first batch (relative residual above 1e-3): it is not a symmetry of this loss.
         noether: also record kinetic symmetry breaking and the charge budget at the save points
@@ -229,7 +238,7 @@ class Recorder(eqx.Module):
         post_update: Callable[[PyTree, PyTree], PyTree] | None = None,
         loss: Callable[[Array, Array], Array] = cross_entropy,
         divergence_factor: float = 1e4,
-        sharpness_every: int = 0,
+        sharpness_every: int | None = None,
         sharpness_iters: int = 20,
         check_symmetries: bool = True,
         noether: bool = False,
@@ -254,7 +263,7 @@ class Recorder(eqx.Module):
         if not divergence_factor > 1:
             raise ValueError(f"`divergence_factor` must be > 1, got {divergence_factor}.")
         self.divergence_factor = float(divergence_factor)
-        every = _validate.integer("sharpness_every", sharpness_every, minimum=0)
+        every = self.steps if sharpness_every is None else _validate.integer("sharpness_every", sharpness_every, minimum=0)
         if every and (every % self.save_every or self.steps % every):
             raise ValueError(f"`sharpness_every` must be 0 (off) or a multiple of `save_every` ({self.save_every}) that divides "
                              f"`steps` ({self.steps}), got {sharpness_every}.")
@@ -296,6 +305,9 @@ class Recorder(eqx.Module):
         key = jax.random.key(0) if key is None else key
         resolve(self.optimizer, hyper)  # refuse a bad optimiser/hyper pairing before tracing
         _warn_cast(self.x, params)
+        if self.loss is cross_entropy and is_concrete(self.y):
+            logits = jax.eval_shape(lambda: self.net(params, {} if state is None else state, self.x[:1], train=True)[0])
+            _validate.labels(self.y, int(logits.shape[-1]))
         if self.check_symmetries and is_concrete((params, state, hyper, key)):
             _refuse_broken_symmetries(self, params, state, key)
         return _run(self, params, {} if state is None else state, hyper, key)
