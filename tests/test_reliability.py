@@ -454,3 +454,13 @@ def test_cli_write_failure_after_the_work_keeps_the_result_and_says_where(tmp_pa
     value, where = _rescued(gone, write)
     assert value == "written" and where != gone and (where / "summary.json").exists()
     assert str(where) in capsys.readouterr().err
+
+
+def test_cli_out_without_free_space_is_refused_before_any_work(tmp_path, monkeypatch):
+    import collections
+    import shutil
+
+    usage = collections.namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: usage(2**30, 2**30 - 2**20, 2**20))  # 1 MiB free
+    res = _cli(["demo", "--out", str(tmp_path / "out")])
+    assert res.exit_code == 2 and "--out" in res.output and "MiB free" in res.output and "wrote" not in res.output
