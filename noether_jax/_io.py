@@ -9,10 +9,13 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+MIN_FREE_BYTES = 16 * 2**20  # an output folder with less free space is refused before any work
 
 
 def atomic_write(path: str | os.PathLike, payload: bytes) -> Path:
@@ -68,6 +71,10 @@ def check_out_dir(path: str | os.PathLike, name: str = "out") -> Path:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise ValueError(f"`{name}` ({path}) cannot be created: {e.strerror}. Choose a folder you can write to.") from None
+    free = shutil.disk_usage(path).free
+    if free < MIN_FREE_BYTES:
+        raise ValueError(f"`{name}` ({path}) has only {free / 2**20:.1f} MiB free: not enough to write the outputs. "
+                         "Free some space or choose another folder.")
     probe = path / f".write-test-{os.getpid()}"
     try:
         probe.write_bytes(b"")

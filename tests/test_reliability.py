@@ -232,6 +232,22 @@ def test_store_corrupt_manifest_is_refused_naming_it(tmp_path, text):
         _store(tmp_path)
 
 
+def _fault(a: Path, b: Path, fault: str) -> None:
+    """Damage chunk file ``a`` (``b``: another chunk of the same store)."""
+    data = bytearray(a.read_bytes())
+    if fault == "truncated":
+        a.write_bytes(bytes(data[:100]))
+    elif fault == "bit_flipped":
+        data[len(data) - 9] ^= 0x01
+        a.write_bytes(bytes(data))
+    elif fault == "swapped":  # another chunk's file, and its manifest entry, under this chunk's name
+        a.write_bytes(b.read_bytes())
+        m = a.parent / "manifest.json"
+        body = json.loads(m.read_text())
+        body["chunks"][a.name] = body["chunks"][b.name]
+        m.write_text(json.dumps(body))
+
+
 @pytest.mark.slow
 def test_sweep_resumed_over_faulty_chunks_equals_an_uninterrupted_run(tmp_path):
     kw = dict(lr=[0.05, 0.1], seed=2, steps=4, save_every=2, width=4, chunk_size=2, progress=False,
@@ -239,12 +255,13 @@ def test_sweep_resumed_over_faulty_chunks_equals_an_uninterrupted_run(tmp_path):
     ref = nj.sweep("mlp", store=tmp_path / "a", **kw)
     chunks = sorted((tmp_path / "a").glob("chunk-*.nc"))
     assert len(chunks) == 2
-    chunks[0].write_bytes(chunks[0].read_bytes()[:100])
-    with pytest.warns(UserWarning, match="recomputing"):
-        again = nj.sweep("mlp", store=tmp_path / "a", **kw)
-    assert again.attrs["chunks_run"] == 1 and again.attrs["chunks_loaded"] == 1
-    for k in ref.data_vars:
-        assert np.asarray(ref[k]).tobytes() == np.asarray(again[k]).tobytes(), k
+    for fault in ("truncated", "bit_flipped", "swapped"):
+        _fault(chunks[0], chunks[1], fault)
+        with pytest.warns(UserWarning, match=re.escape(str(chunks[0]))):
+            again = nj.sweep("mlp", store=tmp_path / "a", **kw)
+        assert again.attrs["chunks_run"] == 1 and again.attrs["chunks_loaded"] == 1, fault
+        for k in ref.data_vars:
+            assert np.asarray(ref[k]).tobytes() == np.asarray(again[k]).tobytes(), (fault, k)
 
 
 # ----------------------------------------------------------------------------- 4. files before work
@@ -437,3 +454,13 @@ def test_cli_write_failure_after_the_work_keeps_the_result_and_says_where(tmp_pa
     value, where = _rescued(gone, write)
     assert value == "written" and where != gone and (where / "summary.json").exists()
     assert str(where) in capsys.readouterr().err
+
+
+def test_cli_out_without_free_space_is_refused_before_any_work(tmp_path, monkeypatch):
+    import collections
+    import shutil
+
+    usage = collections.namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: usage(2**30, 2**30 - 2**20, 2**20))  # 1 MiB free
+    res = _cli(["demo", "--out", str(tmp_path / "out")])
+    assert res.exit_code == 2 and "--out" in res.output and "MiB free" in res.output and "wrote" not in res.output

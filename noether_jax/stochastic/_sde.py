@@ -401,7 +401,7 @@ def sgd_path(sde: SGDSDE, params: PyTree, steps: int, key: PRNGKeyArray, *, save
     out = run(engine, [params], [{}], key, steps=steps, save_every=save_every)
     dtype = jnp.result_type(*jax.tree.leaves(params), float)
     ts = jnp.arange(steps // save_every + 1, dtype=dtype) * save_every * sde.lr
-    return Paths(ts, out.saved["params"], None)
+    return Paths(ts, out.saved["params"], None, out.guard)  # the engine's guard: the divergence of the run
 
 
 @eqx.filter_jit
