@@ -41,7 +41,7 @@ def chunk_program(static, dynamic, params_by_seed, state_by_seed, x_test, y_test
         hyper = Hyper(lr_, mom_, wd_)
         out = rec.run(p0, st, hyper, data_key(s))
         series, summ = _laws(rec, out, x_test, y_test, floor)
-        summ |= _physics(rec, out, floor)
+        summ |= _physics(rec, out)
         if flow is not None:
             series["flow_distance"] = _flow_distance(rec, out, p0, st, hyper, flow)
         status = out.status
@@ -77,7 +77,7 @@ def _laws(rec: Recorder, out, x_test, y_test, floor: float):
     return series, summ
 
 
-def _physics(rec: Recorder, out, floor: float) -> dict:
+def _physics(rec: Recorder, out) -> dict:
     """Kinetic symmetry breaking, the charge budget, the RMSProp companion and the guard of one member."""
     summ = {}
     for k, v in out.ksb.items():  # median over groups of the time average (save points after step 0)
@@ -102,14 +102,14 @@ def _flow_distance(rec: Recorder, out, p0, st, hyper, flow: str):
     flow of the full-batch loss, from the rule's initial velocity) integrated with a fixed step η/4 (Tsit5):
     ReLU networks are only piecewise smooth, and an adaptive solver crawls at every kink."""
     from ..mechanics import simulate
-    from ..rules import sgd
+    from ..rules import resolve
 
     x, y = rec.x.astype(float_dtype(p0)) if jnp.issubdtype(rec.x.dtype, jnp.floating) else rec.x, rec.y
 
     def loss(p):
         return rec.loss(rec.net(p, st, x, train=True)[0], y)
 
-    rule = sgd(lr=hyper.lr, momentum=hyper.momentum, weight_decay=hyper.weight_decay).astype(float_dtype(p0))
+    rule = resolve(rec.optimizer, hyper).rule.astype(float_dtype(p0))  # the rule the member trained with
     ts = out.step.astype(rule.lr.dtype) * rule.lr
     opts = dict(t1=ts[-1], ts=ts, solver=diffrax.Tsit5(), stepsize_controller=diffrax.ConstantStepSize(), dt0=rule.lr / 4,
                 max_steps=4 * rec.steps + 16, throw=False)

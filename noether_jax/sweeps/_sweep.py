@@ -311,6 +311,12 @@ def _check_physics(args: dict, syms: dict, members: list, data, net, params, sta
         return
     if flow not in ("modified", "gradient"):
         raise ValueError(f"`flow` must be 'modified', 'gradient' or None, got {flow!r}.")
+    from ..rules import LearningRule
+
+    if not (args["optimizer"] is None or isinstance(args["optimizer"], LearningRule)):
+        raise ValueError(f"`flow` integrates SGD's modified or gradient flow, but the optimiser is "
+                         f"{type(args['optimizer']).__name__}: use optimizer=None (SGD) or nj.rules.sgd(...); an adaptive "
+                         "rule's continuous model is nj.simulate(rule.flow(loss), params, ...).")
     n = int(data.x_train.shape[0])
     small = sorted({m["batch_size"] for m in members if m["batch_size"] < n})
     if small:
