@@ -121,6 +121,9 @@ def test_flow_needs_full_batches_and_warns_on_kinks(digits):
     with pytest.raises(ValueError, match="rule.flow"):  # Adam iterates are not scored against SGD's flow
         nj.sweep("mlp_tanh", lr=0.1, steps=2, save_every=1, batch_size=64, width=4, data=small, progress=False,
                  flow="modified", optimizer=nj.rules.adam(lr=0.1))
+    with pytest.raises(ValueError, match="maps heavy-ball SGD"):
+        nj.sweep("mlp_layernorm", lr=0.1, steps=2, save_every=1, batch_size=16, width=4, data=digits, progress=False,
+                 rmsprop=True, optimizer=nj.rules.adam(lr=0.1))
     with pytest.raises(ValueError, match="scale groups"):
         nj.sweep("mlp", lr=0.1, steps=2, save_every=1, batch_size=16, width=4, data=digits, progress=False, rmsprop=True)
 

@@ -211,9 +211,12 @@ def _over_optimizers(model: Any, args: dict) -> xr.Dataset:
     rules_ = [_named_rule(o) for o in args["optimizer"]]  # refuse an unknown name before any compile
     kw = {k: v for k, v in args.items() if k not in ("model", "optimizer", "t_all")}
     parts = []
+    from ..rules import LearningRule
+
     for name, rule in zip(names, rules_, strict=True):
         store = None if kw["store"] is None else os.path.join(os.fspath(kw["store"]), name)
-        parts.append(sweep(model, **(kw | {"optimizer": rule, "store": store})))
+        sgd_only = {} if rule is None or isinstance(rule, LearningRule) else dict(rmsprop=False, eq17_forms=False, flow=None)
+        parts.append(sweep(model, **(kw | sgd_only | {"optimizer": rule, "store": store})))  # SGD-only physics: NaN
     every = sorted(set().union(*(p.data_vars for p in parts)))
     for p in parts:
         for v in every:
@@ -302,18 +305,22 @@ def _check_physics(args: dict, syms: dict, members: list, data, net, params, sta
     if every and (every % args["save_every"] or args["steps"] % every):
         raise ValueError(f"invalid `sharpness_every` value {every}: it must be a multiple of `save_every` ({args['save_every']}) "
                          f"that divides `steps` ({args['steps']}).")
+    from ..rules import LearningRule
+
+    sgd_like = args["optimizer"] is None or isinstance(args["optimizer"], LearningRule)
     for opt in ("rmsprop", "eq17_forms"):
         if args[opt] and ("scale" not in syms or isinstance(syms["scale"], tuple)):
             raise ValueError(f"`{opt}=True` needs the model's scale groups (one Scale symmetry, e.g. a BatchNorm CNN); "
                              "this model has none.")
+        if args[opt] and not sgd_like:
+            raise ValueError(f"`{opt}=True` maps heavy-ball SGD (NLD), but the optimiser is {type(args['optimizer']).__name__}: "
+                             "use optimizer=None or nj.rules.sgd(...).")
     flow = args["flow"]
     if flow is None:
         return
     if flow not in ("modified", "gradient"):
         raise ValueError(f"`flow` must be 'modified', 'gradient' or None, got {flow!r}.")
-    from ..rules import LearningRule
-
-    if not (args["optimizer"] is None or isinstance(args["optimizer"], LearningRule)):
+    if not sgd_like:
         raise ValueError(f"`flow` integrates SGD's modified or gradient flow, but the optimiser is "
                          f"{type(args['optimizer']).__name__}: use optimizer=None (SGD) or nj.rules.sgd(...); an adaptive "
                          "rule's continuous model is nj.simulate(rule.flow(loss), params, ...).")

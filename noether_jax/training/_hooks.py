@@ -68,8 +68,6 @@ class Conservation(Hook):
                 "no_scale": jnp.zeros((0,), fdt)}
 
 
-
-
 class NoetherHook(Hook):
     """Kinetic symmetry breaking and the charge budget of run 0 at every save point.
 
