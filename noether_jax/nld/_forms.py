@@ -21,6 +21,7 @@ from .. import theory
 from ..symmetry import MaskedSymmetry, check_scale
 from ..training import Companion, Hook, Start, Step
 from ._eq17 import FORCINGS, FORMS, predict_eq17
+from ._lockstep import lag_history, lag_products
 
 
 class _Eq17Buffer(Hook):
@@ -34,7 +35,7 @@ class _Eq17Buffer(Hook):
     def init(self, start: Start):
         g, n, dtype = self.sym.n_groups, self.steps, start.loss.dtype
         r2 = jnp.zeros((n + 1, g), dtype).at[0].set(self.sym.group_norms(start.params[0]).astype(dtype))
-        hist = jax.tree.map(lambda a: jnp.zeros((self.lags, *a.shape), a.dtype), start.grads[0])
+        hist = lag_history(self.lags, start.grads[0])
         return {"r2": r2, "c0": jnp.zeros((n, g), dtype), "step": jnp.zeros((n, g), dtype),
                 "lag": jnp.full((n, self.lags, g), jnp.nan, dtype), "hist": hist}
 
@@ -42,9 +43,7 @@ class _Eq17Buffer(Hook):
         n, g, p, p_new = info.n, info.grads[0], info.params[0], info.new_params[0]
         dt = state["r2"].dtype
         d = jax.tree.map(jnp.subtract, p_new, p)
-        lag = jax.vmap(lambda h: self.sym.pair(g, h))(state["hist"]).astype(dt)
-        lag = jnp.where((jnp.arange(self.lags) < n)[:, None], lag, jnp.nan)
-        hist = jax.tree.map(lambda h, x: jnp.concatenate([x[None].astype(h.dtype), h[:-1]]), state["hist"], g)
+        lag, hist = lag_products(self.sym, g, state["hist"], n, dt)
         return {"r2": state["r2"].at[n + 1].set(self.sym.group_norms(p_new).astype(dt)),
                 "c0": state["c0"].at[n].set(self.sym.pair(g, g).astype(dt)),
                 "step": state["step"].at[n].set(self.sym.pair(d, d).astype(dt)),

@@ -56,6 +56,20 @@ def _sqrt_acc(opt_state, n_groups, dtype):
     return jnp.sqrt(acc)
 
 
+def lag_history(lags: int, grads: PyTree) -> PyTree:
+    """An empty history of the last ``lags`` gradients (for :func:`lag_products`)."""
+    return jax.tree.map(lambda a: jnp.zeros((lags, *a.shape), a.dtype), grads)
+
+
+def lag_products(sym: MaskedSymmetry, g: PyTree, hist: PyTree, seen, dtype) -> tuple[Array, PyTree]:
+    """Per group ⟨g_𝒜,n, g_𝒜,n−k⟩ for k = 1 … L from the history of the last L gradients (NaN for the
+    k > ``seen`` not seen yet), and the history with g pushed in front."""
+    lags = jax.tree.leaves(hist)[0].shape[0]
+    lag = jax.vmap(lambda h: sym.pair(g, h))(hist).astype(dtype)
+    lag = jnp.where((jnp.arange(lags) < seen)[:, None], lag, jnp.nan)
+    return lag, jax.tree.map(lambda h, x: jnp.concatenate([x[None].astype(h.dtype), h[:-1]]), hist, g)
+
+
 class GroupTrack(Hook):
     """Per run and group: |θ_𝒜|², the angle to run 0, √G of a group-RMSProp state, and of the last step
     |g_𝒜|², |Δθ_𝒜|² and ⟨θ_𝒜, Δθ_𝒜⟩."""
@@ -69,7 +83,7 @@ class GroupTrack(Hook):
         last = jnp.full((3, k, g), jnp.nan, dtype)
         if not self.lags:
             return last
-        hist = jax.tree.map(lambda a: jnp.zeros((self.lags, *a.shape), a.dtype), start.grads[0])
+        hist = lag_history(self.lags, start.grads[0])
         return {"last": last, "hist": hist, "lag": jnp.full((self.lags, g), jnp.nan, dtype), "seen": jnp.zeros((), jnp.int32)}
 
     def step(self, state, info: Step):
@@ -80,10 +94,7 @@ class GroupTrack(Hook):
         if not self.lags:
             return jnp.stack(rows, axis=1).astype(state.dtype)
         last = jnp.stack(rows, axis=1).astype(state["last"].dtype)
-        g0, hist = info.grads[0], state["hist"]
-        lag = jax.vmap(lambda h: self.sym.pair(g0, h))(hist).astype(last.dtype)
-        lag = jnp.where((jnp.arange(self.lags) < state["seen"])[:, None], lag, jnp.nan)
-        hist = jax.tree.map(lambda h, x: jnp.concatenate([x[None].astype(h.dtype), h[:-1]]), hist, g0)
+        lag, hist = lag_products(self.sym, info.grads[0], state["hist"], state["seen"], last.dtype)
         return {"last": last, "hist": hist, "lag": lag, "seen": state["seen"] + 1}
 
     def save(self, state, snap: Snapshot):
