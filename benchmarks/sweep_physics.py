@@ -8,6 +8,7 @@ groups) on scikit-learn digits, heavy-ball SGD with coupled weight decay, N = ``
 * ``noether+sharpness``: plus kinetic symmetry breaking and the charge budget per step
   (``noether=True``) and η·λ_max by Lanczos at every save point (``sharpness_every=save_every``);
 * ``noether`` and ``sharpness`` alone; ``noether+sharpness/5``: λ_max at every fifth save point only;
+* ``eq17_forms``: every eq. 17 forcing in both forms (per-step buffers, scored after the last step);
 * ``rmsprop``: plus the mapped group RMSProp trained in lockstep on the same mini-batches;
 * ``all``: all of the above;
 * ``plain (full batch)`` and ``flow=modified``: ``mlp_tanh`` (smooth) full-batch members, with the modified
@@ -75,8 +76,10 @@ def main(argv=None):
         "sharpness": dict(batch_size=a.batch, sharpness_every=a.save_every),
         "noether+sharpness": dict(batch_size=a.batch, noether=True, sharpness_every=a.save_every),
         "noether+sharpness/5": dict(batch_size=a.batch, noether=True, sharpness_every=5 * a.save_every),
+        "eq17_forms": dict(batch_size=a.batch, eq17_forms=True),
+        "noether+eq17+sharpness/5": dict(batch_size=a.batch, noether=True, eq17_forms=True, sharpness_every=5 * a.save_every),
         "rmsprop": dict(batch_size=a.batch, rmsprop=True),
-        "all": dict(batch_size=a.batch, noether=True, sharpness_every=a.save_every, rmsprop=True),
+        "all": dict(batch_size=a.batch, noether=True, sharpness_every=a.save_every, rmsprop=True, eq17_forms=True),
     }
     small = data._replace(x_train=data.x_train[: a.full_batch], y_train=data.y_train[: a.full_batch])
     flow_rows = {"plain (full batch)": dict(model="mlp_tanh", batch_size=a.full_batch, data=small),
