@@ -158,8 +158,9 @@ def test_wrong_groups_fail_the_constraints(gauss):
 
 def test_sketched_residuals_of_false_candidates_are_large(gauss):
     net, p, s = models.functional(models.make_model("mlp_tanh", width=W, key=KEY))
-    mods, shapes = _detect._modules(p)
-    pairs = _detect._rescale_pairs(mods, shapes)
+    sets = _detect._candidate_sets(net, p, s, gauss[0], gauss[1], models.cross_entropy)
+    pairs = [b for b in sets if b.kind == "rescale"]
+    assert pairs and all(b.structural.startswith("broken") for b in pairs)  # tanh is not homogeneous
     theta = jax.flatten_util.ravel_pytree(p)[0]
     unravel = jax.flatten_util.ravel_pytree(p)[1]
     f = lambda t: models.cross_entropy(net(unravel(t), s, gauss[0])[0], gauss[1])  # noqa: E731

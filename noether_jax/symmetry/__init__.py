@@ -10,7 +10,7 @@
 
 from ._actions import AbstractSymmetry, Action, Constraints, MaskedSymmetry, Rescale, Scale, Translation, constraints
 from ._conservation import ConservationCount, count_conservation_laws
-from ._detect import KINDS, Detected, detect
+from ._detect import KINDS, Detected, NearSymmetry, detect
 from ._groups import (
     Symmetries,
     check_scale,
@@ -47,6 +47,7 @@ __all__ = [
     "Detected",
     "KineticSymmetryBreaking",
     "MaskedSymmetry",
+    "NearSymmetry",
     "NoetherCharge",
     "Rescale",
     "Scale",
