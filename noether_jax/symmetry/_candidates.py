@@ -78,7 +78,7 @@ class Names:
         self.paths, self.shapes = paths, shapes
 
     def module(self, leaf: int) -> str:
-        return self.paths[leaf].rsplit(".", 1)[0] if "." in self.paths[leaf] else "<root>"
+        return self.paths[leaf].rsplit(".", 1)[0] if "." in self.paths[leaf] else self.paths[leaf]
 
     def label(self, leaf: int) -> str:
         return self.paths[leaf].rsplit(".", 1)[-1]
@@ -132,11 +132,11 @@ def translation(graph: Graph, spaces: list[int], logits: set[int], names: Names,
                     m = (u.row == r) & (part[u.ch] == p)
                     if not m.any():
                         continue
-                    g = out.new(_translation_name(names, u, sp, int(r), len(rows), int(p), len(parts), s in logits))
+                    g = out.new(_translation_name(names, u, int(r), len(rows), int(p), len(parts), s in logits, int(m.sum())))
                     out.put(u.leaf, u.entries[m], g)
 
 
-def _translation_name(names: Names, u: Use, sp: Space, r: int, n_rows: int, p: int, n_parts: int, head: bool) -> str:
+def _translation_name(names: Names, u: Use, r: int, n_rows: int, p: int, n_parts: int, head: bool, n: int) -> str:
     mod, label = names.module(u.leaf), names.label(u.leaf)
     part = f", channels of part {p}" if n_parts > 1 else ""
     if u.role == "kernel":
@@ -147,7 +147,7 @@ def _translation_name(names: Names, u: Use, sp: Space, r: int, n_rows: int, p: i
         return f"{mod}.{label}[{r},:] (row {r}: all entries{part})"
     if head and n_parts == 1:
         return f"{mod}.{label} (class biases)"
-    return f"{mod}.{label} (all {int(np.sum(u.row == r))} entries{part})"
+    return f"{mod}.{label} (all {n} entries{part})"
 
 
 def scale(graph: Graph, spaces: list[int], names: Names, out: Candidates) -> None:

@@ -79,12 +79,13 @@ def _find(parent, j):
     return j
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(eq=False)
 class _Node:
     shape: tuple
     lab: dict = dataclasses.field(default_factory=dict)
     par: list = dataclasses.field(default_factory=list)  # (leaf, idx array of the node's shape)
     stat: frozenset = frozenset()
+    level: int = 0  # reductions on the way here (a statistic of x is one level above x)
     val: object = None  # a concrete value, for data-only nodes (computed when an index operand needs it)
     thunk: tuple | None = None
 
@@ -125,8 +126,8 @@ class Graph:
             A.scrambled = B.scrambled = True
             return a
         self.parent[b] = a
-        A.producers += B.producers
-        A.consumers += B.consumers
+        A.producers += [u for u in B.producers if not any(_same(u, v) for v in A.producers)]
+        A.consumers += [u for u in B.consumers if not any(_same(u, v) for v in A.consumers)]
         A.pairs += B.pairs
         A.shift |= B.shift
         A.scaled |= B.scaled
@@ -172,9 +173,13 @@ class Graph:
             if prev is not None and self.find(prev) != s:  # one parameter, two activations: one space
                 s = self.merge(prev, s)
             self.producer_of[use.leaf] = s
-            self.spaces[s].producers.append(use)
-        else:
-            self.spaces[s].consumers.append(use)
+        uses = self.spaces[s].producers if producer else self.spaces[s].consumers
+        if not any(_same(u, use) for u in uses):  # the same parameter read the same way again: once
+            uses.append(use)
+
+
+def _same(u: Use, v: Use) -> bool:
+    return u.leaf == v.leaf and u.role == v.role and np.array_equal(u.entries, v.entries) and np.array_equal(u.ch, v.ch)
 
 
 def _entry_channels(idx: np.ndarray, chan: np.ndarray):
@@ -225,7 +230,7 @@ class _Pass:
         shapes = [tuple(v.aval.shape) for v in eqn.outvars]
         if not any(x.lab or x.par or x.stat for x in xs):  # data only: its value, if ever needed
             return [_Node(sh, thunk=(eqn, xs, i)) for i, sh in enumerate(shapes)]
-        outs = [_Node(sh) for sh in shapes]
+        outs = [_Node(sh, level=max(x.level for x in xs)) for sh in shapes]
         if name in _IDENTITY:
             outs[0].lab, outs[0].par, outs[0].stat = dict(xs[0].lab), list(xs[0].par), xs[0].stat
         elif name in _STRUCT:
@@ -293,6 +298,7 @@ class _Pass:
                 if const is not None:
                     out.lab[s] = const
         out.stat = x.stat | {self.g.find(s) for s in x.lab}
+        out.level = x.level + 1
 
     @staticmethod
     def _only_channels(chan, axes) -> bool:
@@ -309,16 +315,22 @@ class _Pass:
     def elementwise(self, eqn, xs, out):
         name = eqn.primitive.name
         shape = out.shape
-        acts = [x for x in xs if x.lab and not x.stat]
-        stats = [x for x in xs if x.stat]
-        params = [p for x in xs if not x.lab or x.stat for p in x.par]
-        if not acts:  # statistics and parameters combined: still a statistic (e.g. rsqrt(var + ε) · γ)
+        levels = {x.level for x in xs if x.lab or x.stat}
+        low = min(levels, default=0)
+        acts = [x for x in xs if x.lab and x.level == low]
+        if len(levels) <= 1 and all(x.stat for x in acts):
+            # statistics (and parameters) combined: still a statistic (e.g. rsqrt(var + ε) · γ)
             out.stat = frozenset().union(*(x.stat for x in xs))
+            out.level = low
             for x in xs:
                 out.lab.update({self.g.find(s): np.broadcast_to(c, shape) for s, c in x.lab.items()})
             if name in ("mul", "add", "sub", "neg", "div") or out.stat:
                 out.par = [(leaf, np.broadcast_to(idx, shape)) for x in xs for leaf, idx in x.par]
             return
+        # an activation (the lowest level: a pooled activation is still one) with its statistics
+        stats = [x for x in xs if x.stat and x.level > low]
+        params = [p for x in xs if not any(x is a for a in acts) for p in x.par]
+        out.level = low
         lab: dict[int, np.ndarray] = {}
         for x in acts:
             for s, chan in x.lab.items():
