@@ -14,6 +14,7 @@ import argparse
 import json
 import os
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -26,8 +27,9 @@ def main() -> None:
     a = ap.parse_args()
     tmp = Path(tempfile.mkdtemp())
     env = {**os.environ, "JAX_COMPILATION_CACHE_DIR": str(tmp / "cache")}
-    args = ["noether-jax", "sweep", "--lr", "0.03,0.1", "--momentum", "0,0.9", "--seeds", "2", "--steps", str(a.steps),
-            "--no-progress"]
+    cli = Path(sys.executable).parent / "noether-jax"  # this interpreter's entry point: the script may run unactivated
+    args = [str(cli) if cli.exists() else "noether-jax", "sweep", "--lr", "0.03,0.1", "--momentum", "0,0.9",
+            "--seeds", "2", "--steps", str(a.steps), "--no-progress"]
     runs = []
     for i in range(2):
         t0 = time.perf_counter()

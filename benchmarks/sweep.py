@@ -125,7 +125,7 @@ def bench_torch(ds, configs, steps, save_every, width, batch, threads=1):
     return dict(run_s=time.perf_counter() - t0, threads=torch.get_num_threads(), version=torch.__version__)
 
 
-def profile(ds, configs, steps, width, batch):
+def profile(ds, configs, steps, width, batch, model_step_flops):
     """Where a sweep step's time goes, by construction: the same vmapped N-member scan with more and more of the
     step switched on (each program timed apart from its compile). Shares: sampling, forward+backward, optimiser and
     divergence bookkeeping, and the Recorder's per-group recording."""
@@ -186,10 +186,27 @@ def profile(ds, configs, steps, width, batch):
         cost = cost[0] if isinstance(cost, list) else cost
         flops = float(cost.get("flops", float("nan"))) if cost else float("nan")
         run_s = float(np.median(times))
-        out[name] = dict(compile_s=compile_s, run_s=run_s, us_per_config_step=1e6 * run_s / (n * steps), xla_flops=flops,
-                         flops_per_s=flops / run_s)
-        print(f"  {name:52s} {out[name]['us_per_config_step']:8.1f} µs/(config·step)  XLA flops/s {flops / run_s:.3g}")
+        # XLA's cost analysis counts a while (scan) body once, not once per iteration: `xla_flops` is the FLOPs of one
+        # pass through each loop body, not of the program. The FLOP rate below is the model's: the exact FLOPs of the
+        # N members' forward+backward per step (step_flops) times the steps, over the run time.
+        model = model_step_flops * steps if name != "sampling" else float("nan")  # sampling has no forward+backward
+        out[name] = dict(compile_s=compile_s, run_s=run_s, us_per_config_step=1e6 * run_s / (n * steps),
+                         xla_flops_one_loop_body=flops, model_flops=model, model_flops_per_s=model / run_s)
+        print(f"  {name:52s} {out[name]['us_per_config_step']:8.1f} µs/(config·step)  "
+              f"model FLOP/s {model / run_s:.3g}")
     return out
+
+
+def step_flops(ds, n, width, batch):
+    """FLOPs of one step's forward+backward for N members (XLA's cost analysis of the vmapped gradient, no loop)."""
+    net, params, state = models.functional(models.make_model("mlp", key=0, width=width, in_shape=ds.x_train.shape[1:]))
+    lossf = models.loss_fn(net)
+    stack = lambda t: jax.tree.map(lambda a: jnp.broadcast_to(a, (n,) + a.shape), t)  # noqa: E731
+    xb, yb = ds.x_train[:batch], ds.y_train[:batch]
+    g = jax.jit(jax.vmap(jax.grad(lambda q, s: lossf(q, s, (xb, yb))[0])))
+    cost = g.lower(stack(params), stack(state)).compile().cost_analysis()
+    cost = cost[0] if isinstance(cost, list) else cost
+    return float(cost["flops"])
 
 
 def peak_flops(n=1024, repeats=5):
@@ -255,13 +272,24 @@ def main():
 
     res["peak_matmul_flops"] = peak = peak_flops()
     print(f"peak: a 1024² float32 matmul runs at {peak / 1e9:.1f} GFLOP/s on this machine")
+    res["model_step_flops"] = fl = step_flops(ds, len(configs), a.width, a.batch)
+    print(f"model: one step's forward+backward of the {len(configs)} members is {fl / 1e6:.1f} MFLOP "
+          f"({fl / len(configs) / 1e6:.2f} MFLOP per member)")
     if a.profile:
         print("profile (same N and steps, vmapped):")
-        res["profile"] = profile(ds, configs, a.steps, a.width, a.batch)
+        res["profile"] = profile(ds, configs, a.steps, a.width, a.batch, fl)
+        for v in res["profile"].values():
+            v["fraction_of_peak"] = v["model_flops_per_s"] / peak
     res["sweep"] = s = bench_sweep(ds, configs, a.steps, a.save_every, a.width, a.batch)
-    print(f"sweep : compile {s['compile_s']:.2f} s, run {s['run_s']:.2f} s (first {s['first_run_s']:.2f} s)")
+    s["model_flops_per_s"] = fl * a.steps / s["run_s"]
+    s["fraction_of_peak"] = s["model_flops_per_s"] / peak
+    print(f"sweep : compile {s['compile_s']:.2f} s, run {s['run_s']:.2f} s (first {s['first_run_s']:.2f} s); "
+          f"model FLOP/s {s['model_flops_per_s']:.3g} = {100 * s['fraction_of_peak']:.1f} % of the matmul peak")
     res["loop"] = lp = bench_loop(ds, configs, a.steps, a.save_every, a.width, a.batch)
-    print(f"loop  : compile {lp['compile_s']:.2f} s, run {lp['run_s']:.2f} s -> sweep is {lp['run_s'] / s['run_s']:.1f}x faster")
+    lp["model_flops_per_s"] = fl * a.steps / lp["run_s"]
+    lp["fraction_of_peak"] = lp["model_flops_per_s"] / peak
+    print(f"loop  : compile {lp['compile_s']:.2f} s, run {lp['run_s']:.2f} s ({100 * lp['fraction_of_peak']:.1f} % of "
+          f"peak) -> sweep is {lp['run_s'] / s['run_s']:.1f}x faster")
     if not a.no_torch:
         import subprocess
         import sys
