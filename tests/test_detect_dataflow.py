@@ -10,15 +10,14 @@ those entry sets.
 from __future__ import annotations
 
 import flax.linen as nn
-import flax.nnx as nnx
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from _groups import ALL, _down, _shift, _up, arch_groups, move
+from flax import nnx
 
 from noether_jax import data, models, symmetry
-
-from _groups import ALL, _down, _shift, _up, arch_groups, move
 
 ALPHA = 0.3
 
@@ -233,9 +232,9 @@ def test_near_symmetries_are_not_reported_as_symmetries(trap, digits_batch):
     for near in found.near:
         assert near.kind == "rescale" and "not homogeneous" in near.reason
         sets = detected_sets(symmetry.Detected(None, None, (near.symmetry,), {}, {}), "rescale")
-        members = sorted(sets, key=sorted)[0]
+        members = min(sets, key=sorted)
         moved = jax.tree.map(np.array, params)
-        flat, treedef = jax.tree_util.tree_flatten_with_path(moved)
+        flat = jax.tree_util.tree_flatten_with_path(moved)[0]
         for path, leaf in flat:
             for p_, e, s in members:
                 if p_ == tuple(_key(k) for k in path):

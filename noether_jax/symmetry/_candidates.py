@@ -63,7 +63,7 @@ class Candidates:
         ids = [remap[i].reshape(s) for i, s in zip(self.ids, self.shapes, strict=True)]  # −1 → trailing −1
         cs = [c.reshape(s) for c, s in zip(self.c, self.shapes, strict=True)]
         names = [n for n, k in zip(self.names, keep, strict=True) if k]
-        tree = lambda arrays: jax.tree_util.tree_unflatten(treedef, [jnp.asarray(a) for a in arrays])  # noqa: E731
+        tree = lambda arrays: jax.tree_util.tree_unflatten(treedef, [jnp.asarray(a) for a in arrays])
         if self.kind == "translation":
             return Translation(tree(ids), names=names)
         if self.kind == "scale":
@@ -110,10 +110,6 @@ class Names:
             return f"{self.module(u.leaf)} rows ≡ {j} mod {ch} out (flatten)" if n_in % max(ch, 1) == 0 else \
                 f"{self.module(u.leaf)} rows of {j} out"
         return f"{self.module(u.leaf)} row {j} out"
-
-
-def _entries(uses: list[Use], mask_of) -> list[tuple[int, np.ndarray]]:
-    return [(u.leaf, u.entries[mask_of(u)]) for u in uses]
 
 
 def translation(graph: Graph, spaces: list[int], logits: set[int], names: Names, out: Candidates) -> None:
@@ -169,8 +165,8 @@ def scale(graph: Graph, spaces: list[int], names: Names, out: Candidates) -> Non
             else:
                 name = f"{mods} {unit}s {int(members[0])}–{int(members[-1])} (a normalised group)"
             g = out.new(name)
-            for leaf, e in _entries(sp.producers, lambda u, m=members: np.isin(part[u.ch], [p])):
-                out.put(leaf, e, g)
+            for u in sp.producers:
+                out.put(u.leaf, u.entries[part[u.ch] == p], g)
 
 
 def rescale(graph: Graph, closed, spaces: list[int], names: Names, shapes, n_leaves: int) -> list[Candidates]:
@@ -181,8 +177,8 @@ def rescale(graph: Graph, closed, spaces: list[int], names: Names, shapes, n_lea
             continue
         sides = []
         if sp.consumers:
-            sides.append((sp.consumers, lambda u, j: u.ch == j, lambda j: " + ".join(
-                dict.fromkeys(names.reader(u, j) for u in sp.consumers if (u.ch == j).any()))))
+            sides.append((sp.consumers, lambda u, j: u.ch == j, lambda j, cs=sp.consumers: " + ".join(
+                dict.fromkeys(names.reader(u, j) for u in cs if (u.ch == j).any()))))
         for t, mapping in sp.pairs:
             tp = graph.spaces[graph.find(t)].producers
             if tp:

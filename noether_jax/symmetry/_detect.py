@@ -346,7 +346,7 @@ def _local(f, theta, x, y, key) -> _Local:
     hvp = jax.jit(jax.vmap(lambda t, u: jax.jvp(jax.grad(lambda t_: f(t_, x, y)), (t,), (u,))[1], in_axes=(None, 0)))
     HU = hvp(theta, U)
     h = float(jnp.mean(jnp.linalg.norm(HU, axis=1) / jnp.linalg.norm(U, axis=1)))
-    as64 = lambda a: np.asarray(a, np.float64)  # noqa: E731
+    as64 = lambda a: np.asarray(a, np.float64)
     return _Local(as64(theta), as64(g), as64(U), as64(HU), h, float(value), float(jnp.finfo(theta.dtype).eps))
 
 
