@@ -40,6 +40,7 @@ def one(model: str, impl: str) -> dict:
         spec = importlib.util.spec_from_loader("noether_jax.symmetry._detect_old", loader=None)
         mod = importlib.util.module_from_spec(spec)
         mod.__package__ = "noether_jax.symmetry"
+        sys.modules[spec.name] = mod
         exec(compile(src, "_detect_old.py", "exec"), mod.__dict__)  # noqa: S102 - the earlier detect, from git
         detect = mod.detect
     else:

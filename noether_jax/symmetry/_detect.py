@@ -39,6 +39,7 @@ use of ``key``). ``exact=True`` also runs :func:`noether_jax.symmetry.constraint
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -243,11 +244,45 @@ def _points(params, x, y):
     return ts, xb, yb
 
 
+class _Programs:
+    """The compiled functions of one (network, loss): the loss of flat parameters, its gradient, HVPs,
+    and a finite move at the three points. Cached per (network, loss), so a second detect of the same
+    model (other parameters, state or batch of the same shapes) compiles nothing."""
+
+    def __init__(self, net, loss):
+        def f(template, state, t, xb, yb):
+            return loss(net(ravel_pytree(template)[1](t), state, xb, train=True)[0], yb)
+
+        grad = jax.grad(f, argnums=2)
+
+        def moved(template, state, t, xb, yb, ids, c, d, avec):
+            a = jnp.where(ids >= 0, avec[jnp.clip(ids, 0)], 0.0)
+            return f(template, state, t * jnp.exp(a * c) + a * d, xb, yb)
+
+        self.value_grad = jax.jit(jax.value_and_grad(f, argnums=2))
+        self.hvp = jax.jit(lambda tp, s, t, x, y, U: jax.vmap(lambda u: jax.jvp(lambda t_: grad(tp, s, t_, x, y), (t,), (u,))[1])(U))
+        self.points = jax.jit(jax.vmap(jax.value_and_grad(f, argnums=2), in_axes=(None, None, 0, 0, 0)))
+        self.moved = jax.jit(jax.vmap(moved, in_axes=(None, None, 0, 0, 0, None, None, None, None)))
+
+
+@functools.lru_cache(maxsize=8)
+def _cached_programs(net, loss) -> _Programs:
+    return _Programs(net, loss)
+
+
+def _programs(net, loss) -> _Programs:
+    try:
+        return _cached_programs(net, loss)
+    except TypeError:  # an unhashable network or loss: compiled for this call only
+        return _Programs(net, loss)
+
+
 class _Tester:
     """Finite-α tests of groups at the three points: one compiled function for every candidate set."""
 
-    def __init__(self, f, sets, points, loc: _Local, tol: float):
+    def __init__(self, prog: _Programs, ctx, sets, points, loc: _Local, tol: float):
         self.sets, self.loc, self.tol = sets, loc, tol
+        self.prog, self.ctx = prog, ctx
         self.ts, self.xb, self.yb = points
         dtype = self.ts.dtype
         flats = [b.flat() for b in sets]
@@ -255,8 +290,7 @@ class _Tester:
         self.c = jnp.asarray(np.stack([fl[1] for fl in flats]), dtype)
         self.d = jnp.asarray(np.stack([fl[2] for fl in flats]), dtype)
         self.g_max = max(len(b.names) for b in sets)
-        vg = jax.jit(jax.vmap(jax.value_and_grad(f)))
-        L, G = vg(self.ts, self.xb, self.yb)
+        L, G = prog.points(*ctx, self.ts, self.xb, self.yb)
         self.L = np.asarray(L, np.float64)
         G = np.asarray(G, np.float64)
         T = np.asarray(self.ts, np.float64)
@@ -266,19 +300,13 @@ class _Tester:
             self.g_a.append(np.sqrt(np.stack([_seg(ids, g**2, n) for g in G])))
             self.xi.append(np.sqrt(np.stack([_seg(ids, (c * t + d) ** 2, n) for t in T])))
 
-        def moved(t, xb, yb, ids, c, d, avec):
-            a = jnp.where(ids >= 0, avec[jnp.clip(ids, 0)], 0.0)
-            return f(t * jnp.exp(a * c) + a * d, xb, yb)
-
-        self._moved = jax.jit(jax.vmap(moved, in_axes=(0, 0, 0, None, None, None, None)))
-
     def run(self, tests):
         """(relative change |Δℒ|/S, exact-to-round-off flag) of each test (set, members, α vector)."""
         out = []
         eps = self.loc.eps
         for si, members, a in tests:
-            v = np.asarray(self._moved(self.ts, self.xb, self.yb, self.ids[si], self.c[si], self.d[si],
-                                       jnp.asarray(a, self.ts.dtype)), np.float64)
+            v = np.asarray(self.prog.moved(*self.ctx, self.ts, self.xb, self.yb, self.ids[si], self.c[si], self.d[si],
+                                           jnp.asarray(a, self.ts.dtype)), np.float64)
             dl = np.abs(v - self.L)
             xs = np.sqrt(np.sum((a[members][None] * self.xi[si][:, members]) ** 2, 1)) / _ALPHA
             ga = np.sqrt(np.sum(self.g_a[si][:, members] ** 2, 1))
@@ -337,14 +365,13 @@ def _inputs(model, params, state, batch, loss, tol):
     return net, params, state, x, y, (cross_entropy if loss is None else loss)
 
 
-def _local(f, theta, x, y, key) -> _Local:
-    value, g = jax.jit(jax.value_and_grad(f))(theta, x, y)
+def _local(prog: _Programs, ctx, theta, x, y, key) -> _Local:
+    value, g = prog.value_grad(*ctx, theta, x, y)
     if not (np.isfinite(float(value)) and bool(jnp.all(jnp.isfinite(g)))):
         raise ValueError(f"detect: the loss on `batch` at `params` is {float(value)} or has a non-finite gradient; "
                          "symmetries cannot be confirmed on a NaN loss (check the inputs and the parameters).")
     U = jax.random.normal(key, (_PROBES, theta.size), theta.dtype)
-    hvp = jax.jit(jax.vmap(lambda t, u: jax.jvp(jax.grad(lambda t_: f(t_, x, y)), (t,), (u,))[1], in_axes=(None, 0)))
-    HU = hvp(theta, U)
+    HU = prog.hvp(*ctx, theta, x, y, U)
     h = float(jnp.mean(jnp.linalg.norm(HU, axis=1) / jnp.linalg.norm(U, axis=1)))
     as64 = lambda a: np.asarray(a, np.float64)
     return _Local(as64(theta), as64(g), as64(U), as64(HU), h, float(value), float(jnp.finfo(theta.dtype).eps))
@@ -401,18 +428,15 @@ def detect(
     """
     net, params, state, x, y, loss = _inputs(model, params, state, batch, loss, tol)
     k_probe = jax.random.split(jax.random.key(0) if key is None else key)[0]
-    theta, unravel = ravel_pytree(params)
+    theta = ravel_pytree(params)[0]
     treedef = jax.tree.structure(params)
-
-    def f(t, xb, yb):
-        return loss(net(unravel(t), state, xb, train=True)[0], yb)
-
-    loc = _local(f, theta, x, y, k_probe)
+    prog, ctx = _programs(net, loss), (params, state)
+    loc = _local(prog, ctx, theta, x, y, k_probe)
     sets = _candidate_sets(net, params, state, x, y, loss)
     alive_tol = max(1e-8, 10 * loc.eps)
     local = [_local_residuals(b, loc, alive_tol) for b in sets]
     cand = [(gr <= tol) & al for gr, _, al, _, _ in local]
-    rel, strict = _Tester(f, sets, _points(params, x, y), loc, tol).confirm(cand) if sets else ([], [])
+    rel, strict = _Tester(prog, ctx, sets, _points(params, x, y), loc, tol).confirm(cand) if sets else ([], [])
     exact_loss = (lambda p_: loss(net(p_, state, x, train=True)[0], y)) if exact else None
     return _assemble(sets, local, cand, rel, strict, tol, treedef, exact_loss, params, k_probe)
 
