@@ -3,7 +3,8 @@
 * :func:`eq17_score`: NLD eq. 17 (and its velocity-forced form) scored per group on a lockstep track;
 * :func:`match_vs_effective_lr`: how well the mapped RMSProp tracks SGD as a function of η/r²;
 * :func:`init_scale_ablation` (NLD Fig. 1b), :func:`constrained_ablation` (NLD Fig. 3);
-* :func:`adam_norm_check`: the Gould–Tanaka norm recursion of Adam and AdamW on normalised layers;
+* :func:`adam_norm_check`: the norm of normalised layers under Adam and AdamW, by Gould–Tanaka and by
+  ``theory.adam_norm`` without and with the preconditioner's tilt measured in the same run (:class:`AdamTilt`);
 * :func:`ksb_report`: kinetic symmetry breaking of several learning rules along real runs;
 * :func:`run_nld`: all of it for one configuration (the ``noether-jax nld`` command).
 """
@@ -31,6 +32,7 @@ from ..nld import (
     FORMS,
     Accumulate,
     Comparison,
+    GroupTrack,
     Track,
     cnn_scale_symmetry,
     compare_rmsprop,
@@ -44,7 +46,7 @@ from ..nld import (
 )
 from ..rules import Hyper, adam, adamw, heavy_ball, preconditioned, rmsprop, sgd
 from ..symmetry import MaskedSymmetry, breaks_symmetry, check_scale, kinetic_symmetry_breaking, normalise_groups, parts
-from ..training import Batches, Engine, LastStep, Recorder, StabilityGuard, lambda_max, run
+from ..training import Batches, Engine, Hook, LastStep, Recorder, StabilityGuard, lambda_max, run
 
 
 def _dict(obj: Any) -> dict[str, Any]:
@@ -269,6 +271,43 @@ def constrained_ablation(
 
 
 # ------------------------------------------------------------------------------------------ Adam
+class AdamTilt(Hook):
+    """Per Adam-type run and group, of every step n: the preconditioner's tilt Tₙ = ⟨Wₙ, Dₙgₙ⟩ and the
+    drift Δₙ = ⟨Wₙ, (Dₙ − rₙDₙ₋₁)mₙ₋₁⟩ of ``theory.adam_norm``, Dₙ = 1/(w₁ₙ(√ν̂ₙ + ε)) and
+    rₙ = w₁ₙ₋₁/w₁ₙ, both read from optax's own state after the step (``mu``, ``nu``, ``count``).
+
+    ``hypers``: (b₁, b₂, ε) of every run (optax's ``eps_root`` = 0 and ``nesterov=False`` assumed).
+    Saves ``last``: (2, K, G), T and Δ of the step before the save point (NaN at step 0).
+    """
+
+    sym: MaskedSymmetry
+    hypers: tuple = eqx.field(static=True)
+
+    def init(self, start):
+        dtype = start.loss.dtype
+        zeros = [jax.tree.map(jnp.zeros_like, p) for p in start.params]
+        return {"last": jnp.full((2, len(start.params), self.sym.n_groups), jnp.nan, dtype),
+                "m": zeros, "d": zeros, "w1": jnp.zeros((len(start.params),), dtype)}
+
+    def step(self, state, info):
+        rows, ms, ds, w1s = [], [], [], []
+        for k, (p, g, o, (b1, b2, eps)) in enumerate(zip(info.params, info.grads, info.opt_states, self.hypers, strict=True)):
+            mu, nu = optax.tree_utils.tree_get(o, "mu"), optax.tree_utils.tree_get(o, "nu")
+            count = optax.tree_utils.tree_get(o, "count").astype(state["w1"].dtype)
+            w1, w2 = 1.0 - b1**count, 1.0 - b2**count
+            d = jax.tree.map(lambda v, w1=w1, w2=w2, eps=eps: 1.0 / (w1 * (jnp.sqrt(v / w2) + eps)), nu)
+            ratio = state["w1"][k] / w1
+            tilt = self.sym.pair(p, jax.tree.map(jnp.multiply, d, g))
+            drift = self.sym.pair(p, jax.tree.map(lambda dn, dp, m, r=ratio: (dn - r * dp) * m, d, state["d"][k], state["m"][k]))
+            rows.append(jnp.stack([tilt, drift]))
+            ms.append(mu), ds.append(d), w1s.append(w1)
+        dtype = state["last"].dtype
+        return {"last": jnp.stack(rows, axis=1).astype(dtype), "m": ms, "d": ds, "w1": jnp.stack(w1s).astype(dtype)}
+
+    def save(self, state, snap):
+        return state["last"]
+
+
 @dataclasses.dataclass
 class AdamNorm:
     """The Gould–Tanaka recursion |Wₙ₊₁|² = (1−ηλ)²|Wₙ|² + η²|uₙ|² on one Adam-type run, per group.
@@ -277,6 +316,13 @@ class AdamNorm:
     ``equilibrium_r2_pred_median``: η|u|²/(λ(2−ηλ)) (AdamW only); ``angular_step_*``: η|u_⊥|/|W|.
     ``momentum_law_*``: the law that keeps ⟨W, u⟩ through the moving average of the gradient
     (``theory.adam_norm``), fed the same |u|² and fitted to nothing.
+    ``tilt_law_*``: the same law fed, besides |u|², the preconditioner's tilt Tₙ = ⟨Wₙ, Dₙgₙ⟩ measured in
+    the same run (``theory.adam_norm(..., tilt=)``); its only approximation left is the drift Δ of the
+    preconditioner over one step. ``exact_law_max_rel_error``: the law fed T and the measured Δ too,
+    which is the exact identity (a bookkeeping check, at round-off). ``*_rel_error_at``: the median over
+    groups of the running largest relative error up to the steps ``error_steps`` (GT, no tilt, tilt).
+    ``tilt``, ``drift``: (N, G) Tₙ and Δₙ; ``tilt_share_median``: the median over groups of
+    max|(1−b₁)Tₙ| / max|Cₙ| (the tilt's part of the cross term).
     ``angular_step_law_median_rel_error``: the angular step η|u_⊥|/|W| with |W| from that law against the
     measured one (the 2-Adam picture: Adam's u does not scale with the gradient, so the effective angular
     learning rate is η/|W|, not SGD's η/|W|²); ``angular_step_equilibrium``: AdamW's fixed point
@@ -299,6 +345,17 @@ class AdamNorm:
     momentum_law_pred: np.ndarray | None = None
     angular_step_law_median_rel_error: float = float("nan")
     angular_step_equilibrium: float | None = None
+    tilt_law_median_rel_error: float = float("nan")
+    tilt_law_max_rel_error: float = float("nan")
+    tilt_law_pred: np.ndarray | None = None
+    exact_law_max_rel_error: float = float("nan")
+    tilt_share_median: float = float("nan")
+    error_steps: list | None = None
+    gould_tanaka_rel_error_at: list | None = None
+    momentum_law_rel_error_at: list | None = None
+    tilt_law_rel_error_at: list | None = None
+    tilt: np.ndarray | None = None
+    drift: np.ndarray | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return _dict(self)
@@ -317,21 +374,43 @@ class AdamNormCheck:
         return {"lr": self.lr, "weight_decay": self.weight_decay, **{k: v.to_dict() for k, v in self.runs.items()}}
 
 
+def _adam_track(net, sym, x, y, params, state, key, opts, hypers, *, steps, batch_size):
+    """The runs of ``opts`` in lockstep (as :func:`lockstep`), with :class:`AdamTilt` recorded beside."""
+    hooks = {"track": GroupTrack(sym), "tilt": AdamTilt(sym, hypers)}
+    engine = Engine(_models.loss_fn(net, loss=cross_entropy), list(opts), Batches(x, y, batch_size=batch_size), hooks=hooks)
+    out = run(engine, [params] * len(opts), [state] * len(opts), key, steps=steps, save_every=1)
+    s = out.saved["track"]
+    last = jnp.moveaxis(s["last"][1:], 0, 2)  # (3, K, N, G): |g|², |Δθ|², ⟨θ, Δθ⟩
+    tilt = jnp.moveaxis(out.saved["tilt"][1:], 0, 2)  # (2, K, N, G): T, Δ
+    return jnp.swapaxes(s["r2"], 0, 1), last[1], last[2], tilt[0], tilt[1]
+
+
+def _running_error(pred, r2, steps):
+    run_max = np.maximum.accumulate(np.abs(pred - r2) / r2, axis=0)
+    return [float(np.median(run_max[min(n, len(r2) - 1)])) for n in steps]
+
+
 def adam_norm_check(
     net: Model, sym: MaskedSymmetry, x: Array, y: Array, params: PyTree, state: PyTree, key: PRNGKeyArray, *,
     lr: float, weight_decay: float, steps: int, batch_size: int,
 ) -> AdamNormCheck:
     """Adam and AdamW on normalised layers, in lockstep: the norm recursion scanned from |W₀|² with the
-    runs' own updates u against the measured |W|² (see :class:`AdamNorm`)."""
+    runs' own updates u against the measured |W|² — without ⟨W, u⟩, with it closed on |u|², and with the
+    preconditioner's tilt measured in the same run (see :class:`AdamNorm`)."""
     sym = check_scale(sym)
     rules = {"adam": adam(lr=lr), "adamw": adamw(lr=lr, decoupled_weight_decay=weight_decay), "adam_b1_0": adam(lr=lr, b1=0.0)}
-    opts = {k: (r.optimizer(), float(getattr(r, "decoupled_weight_decay", 0.0))) for k, r in rules.items()}
-    tr = eqx.filter_jit(lockstep)(net, sym, x, y, [(params, o, None) for o, _ in opts.values()], state, key, steps=steps,
-                                  batch_size=batch_size)
+    wds = {k: float(getattr(r, "decoupled_weight_decay", 0.0)) for k, r in rules.items()}
+    hypers = tuple((float(r.b1), float(r.b2), float(r.eps)) for r in rules.values())
+    r2s, dsqs, dots, tilts, drifts = eqx.filter_jit(_adam_track)(net, sym, x, y, params, state, key,
+                                                                 [r.optimizer() for r in rules.values()], hypers,
+                                                                 steps=steps, batch_size=batch_size)
+    err_steps = [n for n in (10, 20, 50, 100, 200, 300, 600) if n <= steps]
     runs = {}
-    for k, (name, (_, wd)) in enumerate(opts.items()):
-        r2 = np.asarray(tr.r2[k])
-        dsq, dot = np.asarray(tr.step_sq[k]), np.asarray(tr.step_dot[k])
+    for k, (name, wd) in enumerate(wds.items()):
+        r2 = np.asarray(r2s[k])
+        dsq, dot = np.asarray(dsqs[k]), np.asarray(dots[k])
+        tilt, drift = np.asarray(tilts[k]), np.asarray(drifts[k])
+        b1 = float(rules[name].b1)
         # Δ = −η(u + λW): |u|² = |Δ|²/η² + 2λ⟨W,Δ⟩/η + λ²|W|²,  ⟨W,u⟩ = −⟨W,Δ⟩/η − λ|W|²
         u_sq = dsq / lr**2 + 2 * wd * dot / lr + wd**2 * r2[:-1]
         w_u = -dot / lr - wd * r2[:-1]
@@ -343,9 +422,15 @@ def adam_norm_check(
         u_perp = np.sqrt(np.maximum(u_sq - w_u**2 / r2[:-1], 0.0))
         ang_step = lr * u_perp / np.sqrt(r2[:-1])
         tail = max(1, u_sq.shape[0] // 10)
-        mom = np.asarray(theory.adam_norm(jnp.asarray(r2[0]), jnp.asarray(u_sq), lr=lr, b1=rules[name].b1,
-                                          decoupled_weight_decay=wd))
+        common = {"lr": lr, "b1": b1, "decoupled_weight_decay": wd}
+        mom = np.asarray(theory.adam_norm(jnp.asarray(r2[0]), jnp.asarray(u_sq), **common))
         mom_err = np.max(np.abs(mom - r2) / r2, axis=0)
+        tl = np.asarray(theory.adam_norm(jnp.asarray(r2[0]), jnp.asarray(u_sq), tilt=jnp.asarray(tilt), **common))
+        tl_err = np.max(np.abs(tl - r2) / r2, axis=0)
+        ex = np.asarray(theory.adam_norm(jnp.asarray(r2[0]), jnp.asarray(u_sq), tilt=jnp.asarray(tilt),
+                                         drift=jnp.asarray(drift), **common))
+        ex_err = np.max(np.abs(ex - r2) / r2, axis=0)
+        share = np.max(np.abs((1 - b1) * tilt), axis=0) / np.max(np.abs(w_u), axis=0)
         ang_law = lr * u_perp / np.sqrt(mom[:-1])
         ang_err = np.max(np.abs(ang_law - ang_step) / ang_step, axis=0)
         eq = (float(np.median(np.sqrt(lr * wd * (2 - lr * wd)) * (u_perp / np.sqrt(u_sq))[-tail:].mean(0)))
@@ -355,6 +440,9 @@ def adam_norm_check(
             float(np.median(lr * u_sq[-tail:].mean(0) / (wd * (2 - lr * wd)))) if wd > 0 else None, float(np.median(r2[-1])),
             float(np.median(ang_step[:tail])), float(np.median(ang_step[-tail:])), r2, pred, ang_step,
             float(np.median(mom_err)), float(mom_err.max()), mom, float(np.median(ang_err)), eq,
+            float(np.median(tl_err)), float(tl_err.max()), tl, float(ex_err.max()), float(np.median(share)),
+            err_steps, _running_error(pred, r2, err_steps), _running_error(mom, r2, err_steps),
+            _running_error(tl, r2, err_steps), tilt, drift,
         )
     return AdamNormCheck(float(lr), float(weight_decay), runs)
 
