@@ -80,6 +80,10 @@ def nld_claims(summary: dict, anchor: str = "nld") -> list[Claim]:
           "derived.init_x10_final_loss_ratio", 2.0, ">", "×"),
         c("constraining the norm hurts (β = 0.9, λ > 0)", "the implicit adaptivity helps (NLD Fig. 3)",
           "best constrained / best unconstrained final loss", "derived.constrained_over_unconstrained_loss", 1.0, ">", "×"),
+        c("Adam norm law, β₁ = 0.9", "|W|² with ⟨W, u⟩ kept, fed the measured |u|² and preconditioner tilt ⟨W, Dg⟩",
+          "median over groups of maxₜ |pred − |W|²| / |W|²", "ablation.adam.adam.tilt_law_median_rel_error", 0.05, unit="%"),
+        c("AdamW norm law, β₁ = 0.9", "the same law with decoupled weight decay",
+          "median over groups of maxₜ |pred − |W|²| / |W|²", "ablation.adam.adamw.tilt_law_median_rel_error", 0.05, unit="%"),
         c("no rule breaks translation", "δK = 0 for translation (Euclidean and diagonal metrics)",
           "max over rules of max|δK| translation / scale", "derived.ksb_translation_over_scale", 1e-10),
     ]
