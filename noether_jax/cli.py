@@ -179,7 +179,7 @@ def members_note(status: dict[str, int]) -> str:
 @app.command("neural-mechanics")
 @guarded
 def neural_mechanics_cmd(
-    model: Annotated[str, _opt("mlp, mlp_tanh, mlp_layernorm, cnn_bn, vgg, vgg_bn, or module.path:callable "
+    model: Annotated[str, _opt("mlp, mlp_tanh, mlp_layernorm, cnn_bn, vgg, vgg_bn, resnet, transformer, or module.path:callable "
                                "(a function nnx.Rngs -> nnx.Module)")] = "mlp",
     lr: Annotated[float, _opt("learning rate η (> 0)")] = 0.1,
     momentum: Annotated[float, _opt("heavy-ball momentum β in [0, 1)")] = 0.0,
@@ -187,7 +187,8 @@ def neural_mechanics_cmd(
     batch_size: Annotated[int, _opt("mini-batch size S (1 … training-set size)")] = 128,
     steps: Annotated[int, _opt("number of SGD steps (> 0)")] = 2000,
     seed: Annotated[int, _opt("PRNG seed (initialisation and mini-batches)")] = 0,
-    width: Annotated[int, _opt("hidden width (MLP) or first-block channels (CNN)")] = 32,
+    width: Annotated[int, _opt("hidden width (MLP), first-block channels (CNN), channels (resnet) or model dimension "
+                               "(transformer)")] = 32,
     save_every: Annotated[int, _opt("record every this many steps")] = 10,
     data: Annotated[str, _opt("digits, teacher_student, or a file: .npz with x_train, y_train, x_test, y_test, "
                               "or a table, .csv or .npy, with the label last")] = "digits",
@@ -277,8 +278,10 @@ def sweep(
     init_scale: Annotated[str, _opt("initialisation scales (multiply all initial parameters), comma-separated")] = "1",
     steps: Annotated[int, _opt("training steps per member")] = 200,
     save_every: Annotated[int, _opt("save interval (divides --steps)")] = 10,
-    model: Annotated[str, _opt("model name (mlp, mlp_tanh, mlp_layernorm, cnn_bn, vgg, vgg_bn) or module.path:callable")] = "mlp",
-    width: Annotated[int, _opt("hidden width (MLP) or first channels (CNN)")] = 32,
+    model: Annotated[str, _opt("model name (mlp, mlp_tanh, mlp_layernorm, cnn_bn, vgg, vgg_bn, resnet, transformer) or "
+                                "module.path:callable")] = "mlp",
+    width: Annotated[int, _opt("hidden width (MLP), first channels (CNN), channels (resnet) or model dimension "
+                               "(transformer)")] = 32,
     chunk_size: Annotated[int, _opt("members per compiled call (0: all at once)")] = 0,
     data: Annotated[str, _opt("digits, teacher_student, or a .npz/.csv/.npy file")] = "digits",
     out: Out = Path("runs/sweep"),

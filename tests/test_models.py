@@ -26,6 +26,11 @@ def test_functional_matches_module(name, x):
     # plain nested dicts in flax's layout: Dense (in, out), Conv (kh, kw, in, out)
     if name.startswith("mlp"):
         assert params["hidden"][0]["kernel"].shape == (64, 4) and params["head"]["kernel"].shape == (4, 7)
+    elif name == "resnet":
+        assert params["stem"]["kernel"].shape == (3, 3, 1, 4) and params["blocks"][1]["conv2"]["kernel"].shape == (3, 3, 4, 4)
+    elif name == "transformer":  # 8 row tokens of 8 pixels, 2 heads of 2 channels
+        assert params["embed"]["kernel"].shape == (8, 4) and params["pos"].shape == (8, 4)
+        assert params["blocks"][0]["attn"]["value"]["kernel"].shape == (4, 2, 2)
     else:
         assert params["convs"][0]["kernel"].shape == (3, 3, 1, 4)
 
@@ -50,8 +55,29 @@ def test_loss_fn_and_accuracy(x):
 
 def test_bad_arguments():
     with pytest.raises(ValueError, match="unknown model"):
-        models.make_model("resnet")
+        models.make_model("resnet50")
     with pytest.raises(ValueError, match="width"):
         models.make_model("mlp", width=0)
     with pytest.raises(ValueError, match="in_shape"):
         models.make_model("vgg", in_shape=(64,))
+    with pytest.raises(ValueError, match="in_shape"):
+        models.make_model("transformer", in_shape=(64,))
+    with pytest.raises(ValueError, match="even"):
+        models.make_model("transformer", width=5)
+
+
+def test_transformer_tokens_and_float32(x):
+    """Row tokens and 2×2 patches cut the image as documented; a float32 model stays float32 under x64
+    (the attention's softmax included), and the float64 one keeps float64 round-off."""
+    import flax.nnx as nnx
+
+    rows = models.Transformer((8, 8, 1), 4, 10, rngs=nnx.Rngs(0))
+    patches = models.Transformer((8, 8, 1), 4, 10, patch=2, depth=2, rngs=nnx.Rngs(0))
+    img = jnp.arange(64.0).reshape(1, 8, 8, 1)
+    np.testing.assert_array_equal(rows.tokens(img)[0, 3], jnp.arange(24.0, 32.0))  # row 3
+    np.testing.assert_array_equal(patches.tokens(img)[0, 5], jnp.array([18.0, 19.0, 26.0, 27.0]))  # patch (1, 1)
+    assert patches.pos.shape == (16, 4) and len(patches.blocks) == 2
+    m32 = models.make_model("transformer", width=4, dtype=jnp.float32)
+    assert m32(x.astype(jnp.float32)).dtype == jnp.float32
+    r32 = models.make_model("resnet", width=4, dtype=jnp.float32)
+    assert r32(x.astype(jnp.float32)).dtype == jnp.float32

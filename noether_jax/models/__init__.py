@@ -9,7 +9,13 @@ name               architecture                                                 
 ``cnn_bn``         [Conv-BN-ReLU-pool]×2-Dense                                    + scale (per channel)
 ``vgg``            [Conv-ReLU-Conv-ReLU-pool]×2-Dense-ReLU-Dense                 translation, rescale
 ``vgg_bn``         ``vgg`` with BatchNorm after every convolution                 + scale (per channel)
+``resnet``         Conv/2-BN-ReLU, [x ← ReLU(x + BN-Conv-ReLU-BN-Conv x)]×2,    translation, rescale
+                   global average pool, Dense                                   + scale (per channel)
+``transformer``    pre-LN: row tokens, Dense + positional embedding,            translation, rescale
+                   [x + MHA(LN x), x + MLP(LN x)], LN, token mean, Dense        + scale (the stream)
 =================  ===========================================================  ====================
+
+The hand-derived groups of ``resnet`` and ``transformer`` are listed in :class:`ResNet` and :class:`Transformer`.
 """
 
 from ._functional import (
@@ -24,7 +30,7 @@ from ._functional import (
     functional,
     loss_fn,
 )
-from ._zoo import MLP, MODELS, ConvNet, make_model
+from ._zoo import MLP, MODELS, ConvNet, ResidualBlock, ResNet, Transformer, TransformerBlock, make_model
 
 __all__ = [
     "MLP",
@@ -33,6 +39,10 @@ __all__ = [
     "LinenNetwork",
     "Model",
     "Network",
+    "ResNet",
+    "ResidualBlock",
+    "Transformer",
+    "TransformerBlock",
     "accuracy",
     "as_model",
     "as_pure",
