@@ -25,7 +25,19 @@ QUICK_NM = (
     dict(model="mlp", momentum=0.9, weight_decay=5e-4),
     dict(model="cnn_bn", momentum=0.0, weight_decay=5e-4, width=8),
     dict(model="cnn_bn", momentum=0.9, weight_decay=5e-4, width=8),
+    # XLA:CPU runs the kernel-gradient convolutions of a training scan slowly (~12 ms a step at width 8), hence 500
+    # steps; heavy ball at η = 0.1, β = 0.9 (an effective step η/(1−β) = 1) leaves it at 89 % after them, η = 0.05 at 96 %
+    dict(model="resnet", momentum=0.0, weight_decay=5e-4, width=8, steps=500),
+    dict(model="resnet", lr=0.05, momentum=0.9, weight_decay=5e-4, width=8, steps=500),
+    # at η = 0.1, β = 0 the transformer trains at the edge of stability (η·λ_max ≈ 2.7–3 > 2, measured): η = 0.025
+    dict(model="transformer", lr=0.025, momentum=0.0, weight_decay=5e-4, width=16),
+    dict(model="transformer", lr=0.025, momentum=0.9, weight_decay=5e-4, width=16),
 )
+"""The Neural Mechanics runs of ``reproduce --quick`` (fields of :class:`noether_jax.experiments.NMConfig`;
+``steps`` 2000 and ``lr`` 0.1 unless given)."""
+
+FULL_NM = tuple({**c, "width": 4 * c.get("width", 32), "steps": 5 * c.get("steps", 2000)} for c in QUICK_NM)
+"""The same runs at paper scale (``reproduce --full``, for a GPU): four times the width, five times the steps."""
 
 
 KIND_LAW = {"translation": "⟨θ_𝒜, 𝟙⟩", "scale": "|θ_𝒜|²", "rescale": "|θ_𝒜₁|² − |θ_𝒜₂|²"}
@@ -76,7 +88,7 @@ def nm_claims(summary: dict, index: int, anchor: str) -> list[Claim]:
     the test accuracy (≥ 90 %) and the validity guard (η·λ_max below the rule's stability threshold)."""
     cfg = summary["config"]
     beta = cfg["momentum"]
-    label = f"{cfg['model']}, β = {beta:g}, λ = {cfg['weight_decay']:g}"
+    label = f"{cfg['model']}, β = {beta:g}, λ = {cfg['weight_decay']:g}" + (f", η = {cfg['lr']:g}" if cfg["lr"] != 0.1 else "")
     theory = "NM eqs. 18–20 (SGD)" if beta == 0 else "driven damped oscillator (heavy ball)"
     tol = 0.01 if beta == 0 else 0.02
     base = f"neural_mechanics.{index}"
@@ -94,9 +106,9 @@ def nm_claims(summary: dict, index: int, anchor: str) -> list[Claim]:
     return claims
 
 
-def nm_section(summary: dict, figs, anchor: str, index: int = 0) -> Section:
-    """One Neural Mechanics run as a sub-section: its measurement, a table per symmetry, its figures and claims
-    (the claim, prediction and metric are stated once, in :func:`nm_intro`)."""
+def nm_section(summary: dict, figs, anchor: str, index: int = 0, note: str = "") -> Section:
+    """One Neural Mechanics run as a sub-section: its measurement (and ``note``, e.g. the model's groups), a table
+    per symmetry, its figures and claims (the claim, prediction and metric are stated once, in :func:`nm_intro`)."""
     cfg = summary["config"]
     rows = {}
     for kind, e in summary.get("symmetries", {}).items():
@@ -108,6 +120,10 @@ def nm_section(summary: dict, figs, anchor: str, index: int = 0) -> Section:
         rows[f"{kind}: law broken by (median)"] = f"{e['median_broken_fraction']:.3g}"
         if ident is not None:
             rows[f"{kind}: exact discrete identity, max relative error"] = f"{ident:.1e}"
+    hand = summary.get("hand_derived_groups")
+    if hand:
+        rows["groups found by detect / derived by hand (gradient not identically zero)"] = ", ".join(
+            f"{k} {summary.get('symmetries', {}).get(k, {}).get('n_groups', 0)} / {n}" for k, n in hand.items())
     if summary.get("final_test_accuracy") is not None:
         rows["test accuracy"] = f"{summary['final_test_accuracy']:.3f}"
     stab = summary.get("stability") or {}
@@ -117,13 +133,59 @@ def nm_section(summary: dict, figs, anchor: str, index: int = 0) -> Section:
         title=f"{cfg['model']}, η = {cfg['lr']:g}, β = {cfg['momentum']:g}, λ = {cfg['weight_decay']:g}, S = {cfg['batch_size']}",
         measurement=f"{cfg['model']} (width {cfg['width']}) trained on digits for {cfg['steps']} steps by optax heavy-ball SGD "
                     f"with η = {cfg['lr']:g}, β = {cfg['momentum']:g}, λ = {cfg['weight_decay']:g}, batch {cfg['batch_size']}; "
-                    f"theory: {theory}.",
+                    f"theory: {theory}." + (f" {note}" if note else ""),
         error=(f"The run diverged at step {summary.get('diverged_step')}: no figures are shown." if summary["diverged"] else "")
         + " " + stability_note(stab),
         table=rows, anchor=anchor, level=3, claims=nm_claims(summary, index, anchor),
     )
     sec.figures = [(c, b) for k, c, b in figs if k != "eq17"]
     return sec
+
+
+GROUP_NOTES = {
+    "resnet": (
+        "<b>Groups</b> (derived by hand in <code>nj.models.ResNet</code>, each checked by a finite move in "
+        "<code>tests/test_archs.py</code>): translation of the head (its rows and the class biases); scale of every "
+        "convolution's output channel with its bias (each feeds a BatchNorm); rescale of each block's inner unit (the first "
+        "BatchNorm's γ<sub>j</sub>, β<sub>j</sub> against the second convolution's input channel j); and rescale of the "
+        "residual stream's channel j, one group with several producers (the stem's and every block's second BatchNorm "
+        "γ<sub>j</sub>, β<sub>j</sub>) and several consumers (every block's first convolution and the head's row j). "
+        "<b>Where a law does not apply:</b> a convolution's bias alone is a translation group of its own, but BatchNorm "
+        "subtracts the batch mean, so the loss does not depend on it and its gradient vanishes identically: only weight "
+        "decay moves it (⟨θ_𝒜, 𝟙⟩ shrinks by exactly 1 − ηλ a step under SGD), whatever the loss, so its law tests none "
+        "of the theory; <code>nj.symmetry.detect</code> leaves out groups whose gradient vanishes identically, and they "
+        "are not counted below."),
+    "transformer": (
+        "<b>Groups</b> (derived by hand in <code>nj.models.Transformer</code>, each checked by a finite move in "
+        "<code>tests/test_archs.py</code>): translation of the head; translation of the residual stream through the "
+        "mean-centring of every LayerNorm (each row of the token embedding, its bias, each positional row, and each row "
+        "and the bias of every block's attention output and MLP output: adding α to a row adds a multiple of 𝟙 to a "
+        "token, which the next LayerNorm removes); scale of the whole stream (all its writers together); rescale of each "
+        "(head, channel) value against the output projection's row and query against key, of each MLP hidden unit, and of "
+        "each LayerNorm channel's γ<sub>j</sub>, β<sub>j</sub> against row j of its readers (query, key and value; the "
+        "MLP; the head). <b>Where a law does not apply:</b> the key biases are translation groups too, but they shift "
+        "every key's logit for a query alike, which the softmax ignores: their gradient vanishes identically and only "
+        "weight decay moves them, whatever the loss, so their law tests none of the theory; "
+        "<code>nj.symmetry.detect</code> leaves them out, and they are not counted below. The attention's softmax runs "
+        "in float64 (flax's default runs it in float32, which would hold every law at ~10⁻⁷)."),
+}
+
+
+def hand_derived_groups(model: str, params) -> dict[str, int] | None:
+    """The numbers of symmetric groups of ``resnet`` / ``transformer`` derived by hand (their docstrings), from the
+    parameter shapes, leaving out the groups whose gradient vanishes identically (None for other models)."""
+    if model == "resnet":
+        w, b = int(np.shape(params["stem"]["kernel"])[-1]), len(params["blocks"])
+        return {"translation": w + 1, "scale": (1 + 2 * b) * w, "rescale": b * w + w}
+    if model == "transformer":
+        d, depth = int(np.shape(params["embed"]["kernel"])[1]), len(params["blocks"])
+        pixels, tokens = int(np.shape(params["embed"]["kernel"])[0]), int(np.shape(params["pos"])[0])
+        hidden = int(np.shape(params["blocks"][next(iter(params["blocks"]))]["mlp_in"]["kernel"])[1])
+        # head rows + bias, embedding rows + bias, positions, per block: output rows + bias, MLP output rows + bias
+        translation = (d + 1) + (pixels + 1) + tokens + depth * ((d + 1) + (hidden + 1))
+        # per block: value–output and query–key per (head, channel), MLP units, LN₁ and LN₂ channels; the final LN's
+        return {"translation": translation, "scale": 1, "rescale": depth * (2 * d + hidden + 2 * d) + d}
+    return None
 
 
 def nm_intro() -> Section:
@@ -135,7 +197,8 @@ def nm_intro() -> Section:
         prediction="Per group 𝒜 found by <code>nj.symmetry.detect</code> (never from layer names): ⟨θ_𝒜, 𝟙⟩ (translation), "
                    "|θ_𝒜|² (scale), |θ_𝒜₁|² − |θ_𝒜₂|² (rescale), which gradient flow would conserve, predicted by "
                    "NM eqs. 18–20 for SGD and by a driven damped oscillator for heavy ball.",
-        measurement="Real optax training on digits (lr 0.1, batch 128, 2000 steps), every group recorded in one compiled scan.",
+        measurement="Real optax training on digits (lr 0.1, batch 128, 2000 steps for the MLP and the BatchNorm CNN; the "
+                    "ResNet and the transformer as their sections say), every group recorded in one compiled scan.",
         error="The claims quote the median over groups of the relative error defined at the top. <b>Law broken by</b>: the "
               "median over groups of maxₜ |X(t) − X(0)| / maxₜ |X|, how far training moved the quantity; an error far "
               "below it is a real test. <b>Exact discrete identity</b> (β = 0): |θ_𝒜,n+1|² = (1−ηλ)²|θ_𝒜,n|² + η²|g_𝒜,n|² "
@@ -238,15 +301,21 @@ def reproduce(out: Path, *, quick: bool = True) -> dict:
     t_start = time.perf_counter()
     report = Report("noether_jax: symmetry and broken conservation laws in learning dynamics", intro=INTRO)
     summary: dict[str, Any] = {"mode": "quick" if quick else "full", "environment": environment()}
-    steps = 2000 if quick else 10000
     nm_summaries, nm_sections, eq17_figs = [], [], []
-    for i, overrides in enumerate(QUICK_NM):
-        cfg = NMConfig(steps=steps, **({**overrides} if quick else {**overrides, "width": 4 * overrides.get("width", 32)}))
+    for i, overrides in enumerate(QUICK_NM if quick else FULL_NM):
+        cfg = NMConfig(**{"steps": 2000, **overrides})
         res = neural_mechanics(cfg)
         s, figs = nm_outputs(res, out / "neural_mechanics", tag=config_tag(cfg))
+        hand = hand_derived_groups(cfg.model, res.params0)
+        if hand:
+            s["hand_derived_groups"] = hand
+        note = GROUP_NOTES.get(cfg.model, "")
+        if note and any(r["config"]["model"] == cfg.model for r in nm_summaries):  # stated once per model
+            note = f"<b>Groups:</b> those of the {cfg.model} run above, and the same groups left out."
         nm_summaries.append(s)
-        nm_sections.append(nm_section(s, figs, anchor=f"nm{i}", index=i))
-        eq17_figs += [(c, b) for k, c, b in figs if k == "eq17"]
+        nm_sections.append(nm_section(s, figs, anchor=f"nm{i}", index=i, note=note))
+        if cfg.model == "cnn_bn":
+            eq17_figs += [(c, b) for k, c, b in figs if k == "eq17"]
     report.add(nm_intro())
     for sec in nm_sections:
         report.add(sec)
@@ -257,7 +326,7 @@ def reproduce(out: Path, *, quick: bool = True) -> dict:
     summary["final_test_accuracy"] = nm_summaries[0].get("final_test_accuracy")
 
     # eq. 17 on the BatchNorm CNN, β = 0 and β = 0.9 (recorded in the same scans)
-    bn_runs = [s for s in nm_summaries if "scale" in s.get("symmetries", {})]
+    bn_runs = [s for s in nm_summaries if s["config"]["model"] == "cnn_bn" and "scale" in s.get("symmetries", {})]
 
     def eq17_of(s):
         e = s["symmetries"]["scale"]
