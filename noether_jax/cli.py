@@ -343,7 +343,7 @@ def sweep(
 @app.command()
 @guarded
 def nld(
-    model: Annotated[str, _opt("cnn_bn, vgg_bn or mlp_layernorm (a model with scale-invariant groups)")] = "cnn_bn",
+    model: Annotated[str, _opt("cnn_bn, vgg_bn, mlp_layernorm or resnet (a model with scale-invariant groups)")] = "cnn_bn",
     lr: Annotated[float, _opt("learning rate η (> 0)")] = 0.1,
     momentum: Annotated[float, _opt("heavy-ball momentum β in [0, 1)")] = 0.0,
     weight_decay: Annotated[float, _opt("coupled weight decay λ (≥ 0)")] = 5e-4,
@@ -369,7 +369,7 @@ def nld(
         from .models import MODELS
 
         if model not in MODELS:
-            raise ValueError(f"unknown model {model!r}; choose cnn_bn, vgg_bn or mlp_layernorm (option --model).")
+            raise ValueError(f"unknown model {model!r}; choose cnn_bn, vgg_bn, mlp_layernorm or resnet (option --model).")
     except (ValueError, TypeError) as e:
         raise BadInput(str(e)) from None
     out = _out_dir(out)

@@ -70,7 +70,7 @@ def test_a_diverging_run_is_reported_as_diverged_and_nothing_else(tmp_path):
 
 @pytest.mark.parametrize(
     "args, match",
-    [(["--model", "mlp"], "no scale-invariant group"), (["--model", "resnet"], "unknown model"),
+    [(["--model", "mlp"], "no scale-invariant group"), (["--model", "resnet50"], "unknown model"),
      (["--model", "mlp", "--no-detect"], "detect"), (["--lr", "0"], "lr"), (["--momentum", "1"], "momentum")],
 )
 def test_nld_bad_input_is_refused_with_exit_code_2(tmp_path, args, match):
