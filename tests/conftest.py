@@ -14,6 +14,21 @@ import os
 import pytest
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _release_compiled_programs():
+    """Drop JAX's in-memory compiled programs after each test module (the persistent cache keeps them).
+
+    Every XLA:CPU executable holds memory mappings of its own; a worker that runs many modules can pass
+    Linux's default ``vm.max_map_count`` (65 530), and the next compile then aborts the worker."""
+    yield
+    import gc
+
+    import jax
+
+    jax.clear_caches()
+    gc.collect()
+
+
 @pytest.fixture(scope="session")
 def reproduced(tmp_path_factory):
     from typer.testing import CliRunner

@@ -287,6 +287,21 @@ def _flows_section(flows) -> tuple[dict, Section]:
     return d, sec
 
 
+def release_compiled() -> None:
+    """Drop JAX's in-memory compiled programs (the persistent cache keeps them on disk).
+
+    Every XLA:CPU executable holds memory mappings of its own; one quick report compiles enough of them
+    (≈ 49 000 mappings, 14 000 of them the ResNet and transformer runs) to approach Linux's default
+    ``vm.max_map_count`` (65 530), past which the next compile aborts. :func:`reproduce` calls this between
+    models and parts, which share no compiled program."""
+    import gc
+
+    import jax
+
+    jax.clear_caches()
+    gc.collect()
+
+
 def reproduce(out: Path, *, quick: bool = True) -> dict:
     """Run the default suite and write ``out/report.html`` and ``out/summary.json``.
 
@@ -304,6 +319,8 @@ def reproduce(out: Path, *, quick: bool = True) -> dict:
     nm_summaries, nm_sections, eq17_figs = [], [], []
     for i, overrides in enumerate(QUICK_NM if quick else FULL_NM):
         cfg = NMConfig(**{"steps": 2000, **overrides})
+        if nm_summaries and nm_summaries[-1]["config"]["model"] != cfg.model:
+            release_compiled()  # the runs of one model (β = 0 and 0.9) share their programs; models share none
         res = neural_mechanics(cfg)
         s, figs = nm_outputs(res, out / "neural_mechanics", tag=config_tag(cfg))
         hand = hand_derived_groups(cfg.model, res.params0)
@@ -339,10 +356,12 @@ def reproduce(out: Path, *, quick: bool = True) -> dict:
         summary["eq17_beta09"] = eq17_of(bn_runs[1])
     report.add(_eq17_section(summary, bn_runs[0], eq17_figs))
 
+    release_compiled()
     summary["flows"], fsec = _flows_section(compare_flows(steps=200 if quick else 1000))
     report.add(fsec)
 
     for name, hook in PARTS:
+        release_compiled()
         part, sections = hook(out / name, quick=quick)
         summary[name] = part
         for s in sections:  # a part's claim keys are relative to its own summary
