@@ -246,6 +246,11 @@ def _fault(a: Path, b: Path, fault: str) -> None:
         body = json.loads(m.read_text())
         body["chunks"][a.name] = body["chunks"][b.name]
         m.write_text(json.dumps(body))
+    elif fault == "unlisted":  # killed after the chunk's rename, before the manifest named it
+        m = a.parent / "manifest.json"
+        body = json.loads(m.read_text())
+        del body["chunks"][a.name]
+        m.write_text(json.dumps(body))
 
 
 @pytest.mark.slow
@@ -255,7 +260,7 @@ def test_sweep_resumed_over_faulty_chunks_equals_an_uninterrupted_run(tmp_path):
     ref = nj.sweep("mlp", store=tmp_path / "a", **kw)
     chunks = sorted((tmp_path / "a").glob("chunk-*.nc"))
     assert len(chunks) == 2
-    for fault in ("truncated", "bit_flipped", "swapped"):
+    for fault in ("truncated", "bit_flipped", "swapped", "unlisted"):
         _fault(chunks[0], chunks[1], fault)
         with pytest.warns(UserWarning, match=re.escape(str(chunks[0]))):
             again = nj.sweep("mlp", store=tmp_path / "a", **kw)

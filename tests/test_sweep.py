@@ -159,6 +159,14 @@ def _script(body: str) -> str:
     ) + textwrap.dedent(body)
 
 
+def _listed(store: Path) -> list[str]:
+    """The chunk files that the store's manifest lists (empty while none is, or the manifest is mid-rename)."""
+    try:
+        return sorted(json.loads((store / "manifest.json").read_text())["chunks"])
+    except (OSError, ValueError, KeyError):
+        return []
+
+
 def test_sigkill_mid_sweep_then_resume_is_bit_for_bit(tmp_path, digits):
     store = tmp_path / "store"
     script = tmp_path / "run.py"
@@ -168,14 +176,14 @@ def test_sigkill_mid_sweep_then_resume_is_bit_for_bit(tmp_path, digits):
     """))
     proc = subprocess.Popen([sys.executable, str(script)], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     deadline = time.time() + 240
-    while not list(store.glob("chunk-*.nc")):
-        assert proc.poll() is None, proc.stdout.read().decode()
-        assert time.time() < deadline, "no chunk written in time"
+    while not _listed(store):  # a chunk counts once the manifest names it: the file is renamed into place first,
+        assert proc.poll() is None, proc.stdout.read().decode()  # so a kill between the two leaves an unlisted chunk
+        assert time.time() < deadline, "no chunk written in time"  # (recomputed on resume, as it must be)
         time.sleep(0.02)
     os.kill(proc.pid, signal.SIGKILL)
     assert proc.wait() == -signal.SIGKILL
-    written = sorted(store.glob("chunk-*.nc"))
-    assert 1 <= len(written) < 4
+    written = [store / name for name in _listed(store)]
+    assert 1 <= len(written) < 4 and all(p.exists() for p in written)
     stamps = {p.name: p.stat().st_mtime_ns for p in written}
     (store / ".chunk-g00-00003.nc.tmp-1").write_bytes(b"half a file")  # as if killed inside a write
 
