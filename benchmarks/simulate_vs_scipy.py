@@ -126,6 +126,20 @@ def run_case(a, n: int) -> dict:
 
     y0 = np.concatenate([q0, v0])
     rhs_jax(0.0, y0)  # compile outside the timing
+
+    # --- the field alone, K evaluations in one jitted loop: what nj.simulate's evaluations cost by
+    # themselves, hence the speed-up a solver with zero overhead of its own would reach
+    K = 2000
+    field_loop = jax.jit(lambda y_: jax.lax.fori_loop(0, K, lambda i, z: z + 1e-12 * flat_field(0.0, z), y_))
+    jax.block_until_ready(field_loop(jnp.asarray(y0)))
+    field_times = []
+    for _ in range(a.repeats):
+        t = time.perf_counter()
+        jax.block_until_ready(field_loop(jnp.asarray(y0)))
+        field_times.append(time.perf_counter() - t)
+    field_eval_s = statistics.median(field_times) / K
+    tab = solver_cls().tableau
+    evals = nj_steps * (len(tab.c) + 1 - int(tab.fsal))  # new field evaluations per step (FSAL reuses one)
     assert np.allclose(rhs_jax(0.3, y0), rhs_numpy(0.3, y0), rtol=1e-12, atol=1e-12)
     sp_reps = max(1, min(a.repeats, 3))
     scipy_out = {}
@@ -157,6 +171,8 @@ def run_case(a, n: int) -> dict:
                "rejected": int(tr.stats["num_rejected_steps"])},
         "tuple_state": {"run_s": statistics.median(tuple_times), "steps": int(tuple_steps)},
         "one_step_call_s": one_step,
+        "field": {"eval_s": field_eval_s, "evals": evals, "share_of_nj_run": evals * field_eval_s / nj_run,
+                  "zero_overhead_speedup_vs_scipy_numpy": scipy_out["numpy"]["run_s"] / (evals * field_eval_s)},
         "scipy": {k: {kk: vv for kk, vv in v.items() if kk != "y"} for k, v in scipy_out.items()},
         "speedup_vs_scipy_numpy": scipy_out["numpy"]["run_s"] / nj_run,
         "speedup_vs_scipy_jax": scipy_out["jax-jit"]["run_s"] / nj_run,
@@ -211,6 +227,10 @@ def main(argv=None):
             print(f"{c['n']:>4} | {name:<30} | {comp:>8} | {run * 1e3:>6.1f} ms | {steps:>6} | {run / ns * 1e6:>7.1f} | "
                   f"{nj_['run_s'] and run / nj_['run_s']:>7.2f}x")
         print(f"{'':>4} | a one-step nj.simulate call (fixed cost): {c['one_step_call_s'] * 1e3:.2f} ms")
+        f = c["field"]
+        print(f"{'':>4} | the field alone: {f['eval_s'] * 1e6:.2f} µs per evaluation × {f['evals']} evaluations = "
+              f"{f['share_of_nj_run']:.0%} of nj.simulate's run; a solver with no overhead of its own would be "
+              f"{f['zero_overhead_speedup_vs_scipy_numpy']:.2f}x scipy (numpy RHS)")
         print(f"{'':>4} | loss {c['loss'][0]:.4f} → {c['loss'][1]:.4f}, max|q(t1) − q0| {c['moved']:.3f}; final state, max abs: "
               + ", ".join(f"{k} {v:.1e}" for k, v in c["max_abs_diff"].items()))
     print("(speed-up = that row's run time / nj.simulate's run time, i.e. how much faster nj.simulate is; "

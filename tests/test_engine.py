@@ -292,3 +292,25 @@ def test_no_import_cycles_between_subpackages():
     for u in graph:
         if not seen.get(u):
             visit(u)
+
+
+def test_sample_batch_is_a_uniform_subset_without_replacement():
+    """Ground truth: the exact laws of a uniform S-subset of n (scipy's χ² test): every example is drawn with
+    probability S/n, every pair with S(S−1)/(n(n−1)), never one example twice; S = n is a permutation."""
+    from scipy.stats import chisquare
+
+    n, s, draws = 40, 7, 4000
+    x = jnp.arange(n, dtype=jnp.float32)[:, None]
+    keys = jax.random.split(jax.random.key(3), draws)
+    idx = np.asarray(jax.vmap(lambda k: data.sample_batch(k, x, jnp.arange(n), s)[1])(keys))
+    assert all(len(set(row)) == s for row in idx)
+    counts = np.bincount(idx.ravel(), minlength=n)
+    assert chisquare(counts).pvalue > 1e-3, counts
+    pairs = np.zeros((n, n))
+    for row in idx:
+        pairs[np.ix_(row, row)] += 1
+    upper = pairs[np.triu_indices(n, 1)]
+    assert upper.sum() == draws * s * (s - 1) / 2
+    assert chisquare(upper).pvalue > 1e-3
+    full = np.asarray(data.sample_batch(keys[0], x, jnp.arange(n), n)[1])
+    assert sorted(full.tolist()) == list(range(n)) and full.tolist() != list(range(n))
