@@ -1,9 +1,14 @@
-"""Fixtures shared by test modules.
+"""Fixtures shared by test modules, and the order in which pytest-xdist hands modules to its workers.
 
-``reproduced``: the quick ``noether-jax reproduce`` output folder, built once per test session even when
-pytest-xdist spreads the modules that use it (tests/test_report.py, tests/test_report_browser.py) over
-several workers: the first worker to get the lock builds it in the session's shared temporary folder, the
-others wait and reuse it.
+``reproduced``: the quick ``noether-jax reproduce`` output folder, built once per test session (only
+tests/test_report.py uses it, so one worker builds it and no other waits for it). The lock keeps that true if
+another module ever asks for it: the first worker to get the lock builds it in the session's shared temporary
+folder, the others wait and reuse it.
+
+Order: ``--dist loadscope`` gives each worker a whole module at a time, and with ``--no-loadscope-reorder``
+(pyproject.toml) in collection order. :data:`LONGEST_FIRST` puts the modules that take longest first, so the
+two workers of a 2-core machine do not end the run with one long module running alone (longest processing
+time first). The list is of measured times; a module not in it keeps its place after them.
 """
 
 from __future__ import annotations
@@ -12,6 +17,21 @@ import fcntl
 import os
 
 import pytest
+
+LONGEST_FIRST = (  # measured by `.ci/run` (pytest --durations), longest first
+    "tests/test_report.py",
+    "notebooks/03_noether_learning_dynamics.ipynb",
+    "notebooks/02_neural_mechanics.ipynb",
+    "tests/test_sweep_physics.py",
+    "tests/test_sweep.py",
+    "notebooks/04_sweeps.ipynb",
+)
+
+
+def pytest_collection_modifyitems(config, items):
+    """Put the modules of :data:`LONGEST_FIRST` first, in its order; keep the rest in collection order."""
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.nodeid.split("::", 1)[0], len(rank)))  # stable
 
 
 @pytest.fixture(autouse=True, scope="module")
