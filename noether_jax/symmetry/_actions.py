@@ -27,6 +27,20 @@ from .._tree import tree_sq_norm, tree_vdot
 from .._validate import check_scalar, integer
 
 
+def group_sums(ids: list, values: list, n_groups: int, dtype) -> Float[Array, " G"]:
+    """Σ_{i∈g} vᵢ per group g over all leaves, by ONE segment sum of the leaves laid end to end.
+
+    ``ids[k]`` are the group ids of leaf ``values[k]`` (−1: in no group; a mask leaf may broadcast, e.g. a
+    scalar). One scatter for the whole tree, not one per leaf: a transformer's recording calls this
+    hundreds of times, and XLA's compile time grows with the number of scatters."""
+    if not values:
+        return jnp.zeros(n_groups, dtype)
+    idx = jnp.concatenate([jnp.ravel(jnp.broadcast_to(i, jnp.shape(v))) for i, v in zip(ids, values, strict=True)])
+    vals = jnp.concatenate([jnp.ravel(v).astype(dtype) for v in values])
+    # an id of −1 goes to segment n_groups, out of range: segment_sum drops it
+    return jax.ops.segment_sum(vals, jnp.where(idx >= 0, idx, n_groups), n_groups)
+
+
 class AbstractSymmetry(eqx.Module):
     """A G-parameter group action ψ(q, α), α ∈ ℝ^G, with ψ(q, 0) = q."""
 
@@ -124,12 +138,9 @@ class MaskedSymmetry(AbstractSymmetry):
         """⟨w, ξ_g⟩ = Σ_{i∈g} wᵢ (cᵢ qᵢ + dᵢ), by a segment sum (no autodiff needed)."""
         _check_mask(self.ids, q, "the symmetry's mask")
         dtype = jnp.result_type(*jax.tree.leaves(q), *jax.tree.leaves(w), float)  # the data's precision, not the mask's
-        total = jnp.zeros(self.groups, dtype)
-        for x, wi, ids, c, d in zip(*(jax.tree.leaves(t) for t in (q, w, self.ids, self.scale, self.shift)), strict=True):
-            contrib = (wi * (jnp.asarray(c, dtype) * x + jnp.asarray(d, dtype))).ravel().astype(dtype)
-            idx = jnp.ravel(jnp.broadcast_to(ids, jnp.shape(x)))  # mask leaves may broadcast (e.g. a scalar False)
-            total = total + jax.ops.segment_sum(jnp.where(idx >= 0, contrib, 0.0), jnp.clip(idx, 0), self.groups)
-        return total
+        contrib = [wi * (jnp.asarray(c, dtype) * x + jnp.asarray(d, dtype))
+                   for x, wi, c, d in zip(*(jax.tree.leaves(t) for t in (q, w, self.scale, self.shift)), strict=True)]
+        return group_sums(jax.tree.leaves(self.ids), contrib, self.groups, dtype)
 
     def generator(self, q, group):
         return jax.tree.map(lambda x, ids, c, d: jnp.where(ids == group, c * x + d, 0.0).astype(x.dtype), q, self.ids, self.scale, self.shift)

@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, ArrayLike, Float, PyTree
 
-from ._actions import AbstractSymmetry, MaskedSymmetry
+from ._actions import AbstractSymmetry, MaskedSymmetry, group_sums
 
 Symmetries = MaskedSymmetry | tuple[MaskedSymmetry, ...]
 
@@ -111,11 +111,7 @@ def group_angles(sym: MaskedSymmetry, a: PyTree, b: PyTree) -> Float[Array, " G"
 def segment_sum(sym: MaskedSymmetry, values: PyTree) -> Float[Array, " G"]:
     """Σ_{i∈g} vᵢ for every group g of ``sym`` (``values`` a pytree like the parameters)."""
     dtype = jnp.result_type(*jax.tree.leaves(values), float)
-    total = jnp.zeros(sym.n_groups, dtype)
-    for v, ids in zip(jax.tree.leaves(values), jax.tree.leaves(sym.ids), strict=True):
-        idx = jnp.ravel(jnp.broadcast_to(ids, jnp.shape(v)))
-        total = total + jax.ops.segment_sum(jnp.where(idx >= 0, jnp.ravel(v), 0.0), jnp.clip(idx, 0), sym.n_groups)
-    return total
+    return group_sums(jax.tree.leaves(sym.ids), jax.tree.leaves(values), sym.n_groups, dtype)
 
 
 def gradient_residuals(sym: Symmetries, params: PyTree, grads: PyTree) -> Float[Array, " G"]:
