@@ -27,16 +27,25 @@ from .._tree import tree_sq_norm, tree_vdot
 from .._validate import check_scalar, integer
 
 
+def flat_leaves(leaves: list, shapes: list, dtype=None) -> Array:
+    """The leaves, each broadcast to its shape in ``shapes``, raveled and laid end to end (in ``dtype``)."""
+    out = jnp.concatenate([jnp.ravel(jnp.broadcast_to(a, s)) for a, s in zip(leaves, shapes, strict=True)])
+    return out if dtype is None else out.astype(dtype)
+
+
 def group_sums(ids: list, values: list, n_groups: int, dtype) -> Float[Array, " G"]:
     """Σ_{i∈g} vᵢ per group g over all leaves, by ONE segment sum of the leaves laid end to end.
 
     ``ids[k]`` are the group ids of leaf ``values[k]`` (−1: in no group; a mask leaf may broadcast, e.g. a
     scalar). One scatter for the whole tree, not one per leaf: a transformer's recording calls this
-    hundreds of times, and XLA's compile time grows with the number of scatters."""
+    hundreds of times, and XLA's compile time grows with the number of operations."""
     if not values:
         return jnp.zeros(n_groups, dtype)
-    idx = jnp.concatenate([jnp.ravel(jnp.broadcast_to(i, jnp.shape(v))) for i, v in zip(ids, values, strict=True)])
-    vals = jnp.concatenate([jnp.ravel(v).astype(dtype) for v in values])
+    shapes = [jnp.shape(v) for v in values]
+    return _segment(flat_leaves(ids, shapes), flat_leaves(values, shapes, dtype), n_groups)
+
+
+def _segment(idx: Array, vals: Array, n_groups: int) -> Array:
     # an id of −1 goes to segment n_groups, out of range: segment_sum drops it
     return jax.ops.segment_sum(vals, jnp.where(idx >= 0, idx, n_groups), n_groups)
 
@@ -138,9 +147,12 @@ class MaskedSymmetry(AbstractSymmetry):
         """⟨w, ξ_g⟩ = Σ_{i∈g} wᵢ (cᵢ qᵢ + dᵢ), by a segment sum (no autodiff needed)."""
         _check_mask(self.ids, q, "the symmetry's mask")
         dtype = jnp.result_type(*jax.tree.leaves(q), *jax.tree.leaves(w), float)  # the data's precision, not the mask's
-        contrib = [wi * (jnp.asarray(c, dtype) * x + jnp.asarray(d, dtype))
-                   for x, wi, c, d in zip(*(jax.tree.leaves(t) for t in (q, w, self.scale, self.shift)), strict=True)]
-        return group_sums(jax.tree.leaves(self.ids), contrib, self.groups, dtype)
+        xs = jax.tree.leaves(q)
+        if not xs:
+            return jnp.zeros(self.groups, dtype)
+        shapes = [jnp.shape(x) for x in xs]
+        x, wi, c, d = (flat_leaves(jax.tree.leaves(t), shapes, dtype) for t in (q, w, self.scale, self.shift))
+        return _segment(flat_leaves(jax.tree.leaves(self.ids), shapes), wi * (c * x + d), self.groups)
 
     def generator(self, q, group):
         return jax.tree.map(lambda x, ids, c, d: jnp.where(ids == group, c * x + d, 0.0).astype(x.dtype), q, self.ids, self.scale, self.shift)
