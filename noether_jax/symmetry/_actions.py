@@ -42,10 +42,10 @@ def group_sums(ids: list, values: list, n_groups: int, dtype) -> Float[Array, " 
     if not values:
         return jnp.zeros(n_groups, dtype)
     shapes = [jnp.shape(v) for v in values]
-    return _segment(flat_leaves(ids, shapes), flat_leaves(values, shapes, dtype), n_groups)
+    return flat_segment_sum(flat_leaves(ids, shapes), flat_leaves(values, shapes, dtype), n_groups)
 
 
-def _segment(idx: Array, vals: Array, n_groups: int) -> Array:
+def flat_segment_sum(idx: Array, vals: Array, n_groups: int) -> Array:
     # an id of −1 goes to segment n_groups, out of range: segment_sum drops it
     return jax.ops.segment_sum(vals, jnp.where(idx >= 0, idx, n_groups), n_groups)
 
@@ -152,7 +152,7 @@ class MaskedSymmetry(AbstractSymmetry):
             return jnp.zeros(self.groups, dtype)
         shapes = [jnp.shape(x) for x in xs]
         x, wi, c, d = (flat_leaves(jax.tree.leaves(t), shapes, dtype) for t in (q, w, self.scale, self.shift))
-        return _segment(flat_leaves(jax.tree.leaves(self.ids), shapes), wi * (c * x + d), self.groups)
+        return flat_segment_sum(flat_leaves(jax.tree.leaves(self.ids), shapes), wi * (c * x + d), self.groups)
 
     def generator(self, q, group):
         return jax.tree.map(lambda x, ids, c, d: jnp.where(ids == group, c * x + d, 0.0).astype(x.dtype), q, self.ids, self.scale, self.shift)

@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, ArrayLike, Float, PyTree
 
-from ._actions import AbstractSymmetry, MaskedSymmetry, group_sums
+from ._actions import AbstractSymmetry, MaskedSymmetry, _check_mask, flat_leaves, flat_segment_sum, group_sums
 
 Symmetries = MaskedSymmetry | tuple[MaskedSymmetry, ...]
 
@@ -128,9 +128,16 @@ def gradient_residuals(sym: Symmetries, params: PyTree, grads: PyTree) -> Float[
         True
     """
     out = []
-    for s in parts(sym):
-        dot = jnp.abs(s.pair(params, grads))
-        xi = jax.tree.map(lambda c, d, x: c * x + d, s.scale, s.shift, params)
-        den = jnp.sqrt(segment_sum(s, jax.tree.map(jnp.square, grads)) * segment_sum(s, jax.tree.map(jnp.square, xi)))
+    leaves = jax.tree.leaves(params)
+    shapes = [jnp.shape(x) for x in leaves]
+    dtype = jnp.result_type(*leaves, *jax.tree.leaves(grads), float)
+    x, g = flat_leaves(leaves, shapes, dtype), flat_leaves(jax.tree.leaves(grads), shapes, dtype)
+    for s in parts(sym):  # on the flattened tree: three segment sums per part, whatever the number of leaves
+        _check_mask(s.ids, params, "the symmetry's mask")
+        c, d = (flat_leaves(jax.tree.leaves(t), shapes, dtype) for t in (s.scale, s.shift))
+        idx = flat_leaves(jax.tree.leaves(s.ids), shapes)
+        xi = c * x + d
+        dot = jnp.abs(flat_segment_sum(idx, g * xi, s.n_groups))
+        den = jnp.sqrt(flat_segment_sum(idx, g * g, s.n_groups) * flat_segment_sum(idx, xi * xi, s.n_groups))
         out.append(jnp.where(den > 0, dot / jnp.where(den > 0, den, 1.0), 0.0))
     return jnp.concatenate(out)
