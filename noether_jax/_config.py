@@ -34,7 +34,7 @@ def default_cache_dir() -> Path:
 
 
 def compilation_cache(enabled: bool = True, *, path: str | os.PathLike | None = None,
-                      min_compile_time_s: float = 0.2) -> Path | None:
+                      min_compile_time_s: float | None = None) -> Path | None:
     """Turn JAX's persistent compilation cache on (or off) for this process, and return its folder.
 
     A program compiled once is then loaded from disk by every later process (a second identical
@@ -44,7 +44,8 @@ def compilation_cache(enabled: bool = True, *, path: str | os.PathLike | None = 
     Args:
         enabled: False turns the cache off.
         path: the folder; default :func:`default_cache_dir`.
-        min_compile_time_s: only programs that took at least this long to compile are stored.
+        min_compile_time_s: only programs that took at least this long to compile are stored; default
+            ``$JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS`` if set, else 0.2 s.
 
     Example:
         >>> import jax, tempfile, noether_jax as nj
@@ -60,6 +61,8 @@ def compilation_cache(enabled: bool = True, *, path: str | os.PathLike | None = 
         except AttributeError:  # pragma: no cover - older jax
             pass
         return None
+    if min_compile_time_s is None:
+        min_compile_time_s = float(os.environ.get("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", 0.2))
     folder = Path(path) if path is not None else default_cache_dir()
     folder.mkdir(parents=True, exist_ok=True)
     try:

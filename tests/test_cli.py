@@ -109,3 +109,34 @@ def test_sweep_note_and_the_compile_spinner():
     assert "compiling (batch size 8)" in text and "compiling took 0 s" in text
     assert any(f"{frame} 0 s" in text for frame in "⠋⠙⠹⠸⠼⠴⠦⠧⠇⠏")
     assert text.rstrip().splitlines()[-1].lstrip("\r").split("\r")[-1].startswith("sweep chunks")
+
+
+def test_compilation_cache_location_and_threshold_follow_the_environment(tmp_path, monkeypatch):
+    """The cache folder is ``$JAX_COMPILATION_CACHE_DIR``, else ``$XDG_CACHE_HOME/noether_jax``, else
+    ``~/.cache/noether_jax``; the threshold is ``$JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS`` when set, else 0.2 s."""
+    from pathlib import Path
+
+    import jax
+
+    from noether_jax._config import compilation_cache, default_cache_dir
+
+    before = {k: getattr(jax.config, k) for k in ("jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_secs")}
+    try:
+        monkeypatch.setenv("JAX_COMPILATION_CACHE_DIR", str(tmp_path / "a"))
+        assert default_cache_dir() == tmp_path / "a"
+        monkeypatch.delenv("JAX_COMPILATION_CACHE_DIR")
+        monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+        assert default_cache_dir() == tmp_path / "xdg" / "noether_jax"
+        monkeypatch.delenv("XDG_CACHE_HOME")
+        monkeypatch.setenv("HOME", str(tmp_path / "home"))
+        assert default_cache_dir() == Path(tmp_path / "home" / ".cache" / "noether_jax")
+        monkeypatch.setenv("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "1.5")
+        assert compilation_cache(path=tmp_path / "b") == tmp_path / "b" and (tmp_path / "b").is_dir()
+        assert jax.config.jax_persistent_cache_min_compile_time_secs == 1.5
+        monkeypatch.delenv("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS")
+        compilation_cache(path=tmp_path / "b")
+        assert jax.config.jax_persistent_cache_min_compile_time_secs == 0.2
+        assert compilation_cache(False) is None and jax.config.jax_compilation_cache_dir is None
+    finally:
+        jax.config.update("jax_compilation_cache_dir", before["jax_compilation_cache_dir"])
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", before["jax_persistent_cache_min_compile_time_secs"])
