@@ -83,8 +83,9 @@ def _out_dir(out: Path) -> Path:
 @app.callback()
 def _main(
     x64: Annotated[bool, _opt("run in float64 (the default); --no-x64 for float32")] = True,
-    cache: Annotated[bool, _opt("use JAX's persistent compilation cache in ~/.cache/noether_jax (or "
-                                "$JAX_COMPILATION_CACHE_DIR); --no-cache turns it off")] = True,
+    cache: Annotated[bool, typer.Option(help="use JAX's persistent compilation cache in ~/.cache/noether_jax (or "
+                                             "$JAX_COMPILATION_CACHE_DIR); --no-cache, or NOETHER_JAX_CACHE=0, turns it off",
+                                        envvar="NOETHER_JAX_CACHE")] = True,
 ) -> None:
     import matplotlib
 

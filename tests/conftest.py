@@ -18,6 +18,11 @@ import os
 
 import pytest
 
+# The command line's compilation cache stays off in the test run: from an empty cache folder (as on CI) it was
+# measured to cost several times what it saves (benchmarks/README.md, "The persistent compilation cache in the
+# test suite"); the variable reaches the in-process CLI runs and every subprocess.
+os.environ.setdefault("NOETHER_JAX_CACHE", "0")
+
 LONGEST_FIRST = (  # from one full default run's --durations (2026-12-02): the report's fixture 804 s,
     "tests/test_report.py",  # notebook 03 173 s, sweep physics (KSB test) 124 s, notebook 02 120 s
     "notebooks/03_noether_learning_dynamics.ipynb",

@@ -140,3 +140,20 @@ def test_compilation_cache_location_and_threshold_follow_the_environment(tmp_pat
     finally:
         jax.config.update("jax_compilation_cache_dir", before["jax_compilation_cache_dir"])
         jax.config.update("jax_persistent_cache_min_compile_time_secs", before["jax_persistent_cache_min_compile_time_secs"])
+
+
+def test_noether_jax_cache_variable_turns_the_command_line_cache_off(tmp_path, monkeypatch):
+    """``NOETHER_JAX_CACHE=0`` is ``--no-cache`` (the test run sets it); ``1`` turns the cache on at
+    ``$JAX_COMPILATION_CACHE_DIR``."""
+    import jax
+
+    before = jax.config.jax_compilation_cache_dir
+    try:
+        monkeypatch.setenv("JAX_COMPILATION_CACHE_DIR", str(tmp_path / "c"))
+        for value, on in (("0", False), ("1", True)):
+            monkeypatch.setenv("NOETHER_JAX_CACHE", value)
+            res = runner.invoke(app, ["demo", "--time", "0.5", "--out", str(tmp_path / f"demo{value}")])
+            assert res.exit_code == 0, res.output
+            assert (jax.config.jax_compilation_cache_dir == str(tmp_path / "c")) == on
+    finally:
+        jax.config.update("jax_compilation_cache_dir", before)
