@@ -274,6 +274,7 @@ def _plan(model: Any, args: dict) -> _Plan:
     for m in members:
         for h in HYPERS:
             _grid.check_value(h, m[h], int(data.x_train.shape[0]))
+    _check_options(args, members, data)
     seeds = sorted({m["seed"] for m in members})
     name, net, params_by_seed, state_by_seed = init_models(model, seeds, data, args["width"], dtype)
     p0 = jax.tree.map(lambda a: a[0], params_by_seed)
@@ -281,7 +282,7 @@ def _plan(model: Any, args: dict) -> _Plan:
     syms = default_symmetries(args["symmetries"], net, p0, s0, data)
     if args["init_scale_on"] == "scale" and "scale" not in syms:
         raise ValueError("`init_scale_on='scale'` needs scale groups, but the model has none; use init_scale_on='all'.")
-    _check_physics(args, syms, members, data, net, p0, s0)
+    _check_physics(args, syms, data, net, p0, s0)
     return _Plan(name=name, net=net, params=params_by_seed, state=state_by_seed, seeds=seeds, syms=syms, data=data,
                  members=members, values=vals, cartesian=args["grid"] is True, steps=steps, save_every=save_every,
                  optimizer=optimizer, width=args["width"], init_scale_on=args["init_scale_on"], floor=float(args["floor"]),
@@ -299,8 +300,9 @@ def _recorder(plan: _Plan, batch_size: int) -> Recorder:
                     sharpness_every=plan.sharpness_every, save_params=plan.flow is not None)
 
 
-def _check_physics(args: dict, syms: dict, members: list, data, net, params, state) -> None:
-    """Refuse, before any work, options the sweep cannot honour (naming the argument and the fix)."""
+def _check_options(args: dict, members: list, data) -> None:
+    """Refuse, before the model is built or its symmetries found, the options the sweep cannot honour whatever the
+    model (naming the argument and the fix)."""
     every = _int_arg("sharpness_every", args["sharpness_every"], minimum=0)
     if every and (every % args["save_every"] or args["steps"] % every):
         raise ValueError(f"invalid `sharpness_every` value {every}: it must be a multiple of `save_every` ({args['save_every']}) "
@@ -309,9 +311,6 @@ def _check_physics(args: dict, syms: dict, members: list, data, net, params, sta
 
     sgd_like = args["optimizer"] is None or isinstance(args["optimizer"], LearningRule)
     for opt in ("rmsprop", "eq17_forms"):
-        if args[opt] and ("scale" not in syms or isinstance(syms["scale"], tuple)):
-            raise ValueError(f"`{opt}=True` needs the model's scale groups (one Scale symmetry, e.g. a BatchNorm CNN); "
-                             "this model has none.")
         if args[opt] and not sgd_like:
             raise ValueError(f"`{opt}=True` maps heavy-ball SGD (NLD), but the optimiser is {type(args['optimizer']).__name__}: "
                              "use optimizer=None or nj.rules.sgd(...).")
@@ -329,7 +328,16 @@ def _check_physics(args: dict, syms: dict, members: list, data, net, params, sta
     if small:
         raise ValueError(f"`flow` needs full-batch members (batch_size = {n}), but batch sizes {small} draw mini-batches: "
                          "the continuous model of mini-batch SGD is the SDE of noether_jax.stochastic (SGDSDE, sde_ensemble).")
-    if _piecewise(net, params, state, data.x_train[:2]):
+
+
+def _check_physics(args: dict, syms: dict, data, net, params, state) -> None:
+    """The model-dependent checks, once its symmetries are found: scale groups where the options need them, and a
+    warning where a flow is asked of a model with kinks."""
+    for opt in ("rmsprop", "eq17_forms"):
+        if args[opt] and ("scale" not in syms or isinstance(syms["scale"], tuple)):
+            raise ValueError(f"`{opt}=True` needs the model's scale groups (one Scale symmetry, e.g. a BatchNorm CNN); "
+                             "this model has none.")
+    if args["flow"] is not None and _piecewise(net, params, state, data.x_train[:2]):
         warnings.warn("noether_jax sweep: this model has kinks (ReLU/max/abs), so its flow is only piecewise smooth and "
                       "flow_distance carries the solver's error at the kinks too; a smooth model (e.g. 'mlp_tanh') gives a "
                       "clean order in η.", stacklevel=4)
