@@ -125,6 +125,22 @@ def test_issue_targets_on_digits(reproduced):
     assert all(a < b for a, b in zip(mv["beta0.9_momentum"]["max_angle_deg"], mv["beta0.9_gradient"]["max_angle_deg"]))
 
 
+def test_report_flow_orders_in_eta(reproduced):
+    """The report's flow sweeps (mlp_tanh, 256 examples, full batch, η ∈ {0.2, 0.1, 0.05}, 80 steps, width 8): the
+    fitted order in η of the distance to the discrete iterates at t = 4 is 2 ± 0.3 for the modified flow and 1 ± 0.2
+    for gradient flow, and the headline rows say so (the float64 run of the same grid is a slow test in
+    tests/test_sweep_physics.py)."""
+    summary = json.loads((reproduced / "summary.json").read_text())
+    from noether_jax.report._physics_part import _grids
+
+    assert _grids(True)[1] == dict(lr=[0.2, 0.1, 0.05], momentum=0.0, steps=80, save_every=20, width=8, seed=[0])
+    orders = summary["sweep_physics"]["flow_order"]
+    assert 1.7 <= orders["modified"] <= 2.3 and 0.8 <= orders["gradient"] <= 1.2, orders
+    rows = {v["key"]: v for v in summary["verdicts"]}
+    for gap in ("modified_order_gap", "gradient_order_gap"):
+        assert rows[f"sweep_physics.checked.{gap}"]["passed"], rows[f"sweep_physics.checked.{gap}"]
+
+
 def test_nld_ablations_and_kinetic_symmetry_breaking(reproduced):
     """NLD's claims on the report's BatchNorm CNN: ×10 init leaves the loss but divides η/r² by 100 and slows
     training; the constrained filter norm loses at β = 0.9 with weight decay (Fig. 3); every rule keeps

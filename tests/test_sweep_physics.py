@@ -91,7 +91,10 @@ def test_a_diverging_member_leaves_every_other_members_new_variables_unchanged(d
         assert np.isnan(both[v].sel(lr=1e4).values).all(), v
 
 
+@pytest.mark.slow  # 60-70 s in the default run; the report (tests/test_report.py) asserts the same orders on the same grid
 def test_flow_distance_is_second_order_for_the_modified_flow_and_first_for_gradient_flow(digits):
+    """In float64; ``test_report.py::test_report_flow_orders_in_eta`` holds the report's float32 run of the same grid
+    to the same bounds in the default run."""
     x, y = digits.x_train[:256], digits.y_train[:256]
     data = digits._replace(x_train=x, y_train=y)
     lrs = [0.2, 0.1, 0.05]
@@ -116,6 +119,9 @@ def test_flow_needs_full_batches_and_warns_on_kinks(digits):
     small = digits._replace(x_train=digits.x_train[:64], y_train=digits.y_train[:64])
     with pytest.warns(UserWarning, match="piecewise smooth"):
         nj.sweep("mlp", lr=0.1, steps=2, save_every=1, batch_size=64, width=4, data=small, progress=False, flow="gradient")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a smooth model: no piecewise-smooth warning
+        nj.sweep("mlp_tanh", lr=0.1, steps=2, save_every=1, batch_size=64, width=4, data=small, progress=False, flow="gradient")
     with pytest.raises(ValueError, match="flow"):
         nj.sweep("mlp_tanh", lr=0.1, steps=2, save_every=1, batch_size=64, width=4, data=small, progress=False, flow="euler")
     with pytest.raises(ValueError, match="rule.flow"):  # Adam iterates are not scored against SGD's flow
