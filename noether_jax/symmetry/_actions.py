@@ -193,9 +193,19 @@ def _masked(kind: str, mask: PyTree, like: PyTree | None, c: float, d: float, na
         _check_mask(mask, like, "mask")
         id_leaves = [np.broadcast_to(i, jnp.shape(x)).astype(np.int32) for i, x in zip(id_leaves, jax.tree.leaves(like), strict=True)]
     ids = jax.tree.unflatten(treedef, [jnp.asarray(i) for i in id_leaves])
-    scale = jax.tree.map(lambda i: jnp.where(i >= 0, c, 0.0), ids)
-    shift = jax.tree.map(lambda i: jnp.where(i >= 0, d, 0.0), ids)
+    scale, shift = _coefficients(ids, jax.tree.unflatten(treedef, [np.ones(i.shape, np.int8) for i in id_leaves]), c, d)
     return MaskedSymmetry(ids, scale, shift, groups, tuple(names or ()))
+
+
+@jax.jit
+def _coefficients(ids: PyTree, sign: PyTree, c: float, d: float) -> tuple[PyTree, PyTree]:
+    """The (scale, shift) leaves c·sign·[i ≥ 0] and d·[i ≥ 0] of group ids (``sign`` ±1 per entry), weakly
+    typed, so that they take the parameters' dtype.
+
+    One compiled program per tree of id shapes, whatever the kind: built leaf by leaf outside jit, every leaf
+    shape compiled eager ops of its own, most of the XLA compiles of a ``detect`` call."""
+    scale = jax.tree.map(lambda i, s: jnp.where(i >= 0, c * s, 0.0), ids, sign)
+    return scale, jax.tree.map(lambda i: jnp.where(i >= 0, d, 0.0), ids)
 
 
 def Translation(mask: PyTree, params: PyTree | None = None, names=None) -> MaskedSymmetry:
@@ -240,12 +250,14 @@ def Rescale(incoming: PyTree, outgoing: PyTree, params: PyTree | None = None, na
     s_in = _masked("Rescale", incoming, params, 1.0, 0.0, names)
     s_out = _masked("Rescale", outgoing, params, -1.0, 0.0, names)
     _check_mask(s_in.ids, s_out.ids, "outgoing", shapes=False)
-    overlap = any(bool(jnp.any((a >= 0) & (b >= 0))) for a, b in zip(jax.tree.leaves(s_in.ids), jax.tree.leaves(s_out.ids)))
-    if overlap:
+    ins, outs = ([np.asarray(a) for a in jax.tree.leaves(t.ids)] for t in (s_in, s_out))
+    if any(np.any((a >= 0) & (b >= 0)) for a, b in zip(ins, outs, strict=True)):
         raise ValueError("Rescale: an entry is in both `incoming` and `outgoing`; the two sets must be disjoint.")
-    ids = jax.tree.map(lambda a, b: jnp.maximum(a, b), s_in.ids, s_out.ids)
-    scale = jax.tree.map(jnp.add, s_in.scale, s_out.scale)
-    return MaskedSymmetry(ids, scale, s_in.shift, max(s_in.groups, s_out.groups), s_in.names)
+    treedef = jax.tree.structure(s_in.ids)
+    ids = jax.tree.unflatten(treedef, [jnp.asarray(np.maximum(a, b)) for a, b in zip(ins, outs, strict=True)])
+    sign = jax.tree.unflatten(treedef, [np.where(b >= 0, -1, 1).astype(np.int8) for b in outs])
+    scale, shift = _coefficients(ids, sign, 1.0, 0.0)
+    return MaskedSymmetry(ids, scale, shift, max(s_in.groups, s_out.groups), s_in.names)
 
 
 class Action(AbstractSymmetry):
