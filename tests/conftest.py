@@ -18,9 +18,10 @@ import os
 
 import pytest
 
-# The command line's compilation cache stays off in the test run: from an empty cache folder (as on CI) it was
-# measured to cost several times what it saves (benchmarks/README.md, "The persistent compilation cache in the
-# test suite"); the variable reaches the in-process CLI runs and every subprocess.
+# The command line does not turn on a cache of its own in the test run: the root conftest.py already runs the
+# whole session on JAX's persistent cache (1 s threshold) and hands its folder to subprocesses and notebook
+# kernels. Measured (benchmarks/README.md, "The persistent compilation cache in the test suite"): with that cache
+# off, one test takes 4-5x its time with it warm, and a cold folder costs about what no cache costs.
 os.environ.setdefault("NOETHER_JAX_CACHE", "0")
 
 LONGEST_FIRST = (  # from one full default run's --durations (2026-12-02): the report's fixture 804 s,
