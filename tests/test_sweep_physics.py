@@ -134,6 +134,25 @@ def test_flow_needs_full_batches_and_warns_on_kinks(digits):
         nj.sweep("mlp", lr=0.1, steps=2, save_every=1, batch_size=16, width=4, data=digits, progress=False, rmsprop=True)
 
 
+def test_model_independent_options_are_refused_before_the_model_is_built(digits, monkeypatch):
+    """Flow with mini-batches and the NLD companions with Adam are refused whatever the model: before it is built
+    or its symmetries found (building it would fail here)."""
+    import noether_jax.sweeps._sweep as sw
+
+    def never(*a, **k):
+        raise AssertionError("the model was built before the options were checked")
+
+    monkeypatch.setattr(sw, "init_models", never)
+    kw = dict(lr=0.1, steps=2, save_every=1, width=4, data=digits, progress=False)
+    with pytest.raises(ValueError, match="full-batch"):
+        nj.sweep("mlp_tanh", batch_size=32, flow="modified", **kw)
+    for opt in ("rmsprop", "eq17_forms"):
+        with pytest.raises(ValueError, match="maps heavy-ball SGD"):
+            nj.sweep("mlp_layernorm", batch_size=16, optimizer=nj.rules.adam(lr=0.1), **{opt: True}, **kw)
+    with pytest.raises(ValueError, match="sharpness_every"):
+        nj.sweep("mlp", batch_size=16, sharpness_every=3, **kw)
+
+
 def test_the_optimizer_is_a_swept_dimension_and_adam_members_are_optax_adam(digits):
     kw = dict(lr=[1e-3, 1e-2], momentum=[0.0, 0.9], steps=10, save_every=5, width=4, batch_size=32, seed=[0], progress=False,
               dtype="float64", data=digits)
