@@ -18,7 +18,26 @@ import gc
 import os
 from pathlib import Path
 
-import jax
+# Most tests are compile-bound (many small programs, each run briefly): they compile at XLA's backend optimisation
+# level 0, measured to cut their time by about a quarter (benchmarks/README.md, "XLA's optimisation level in the
+# test suite"). The few execution-bound runs (the quick report, notebook 03: 3x slower at level 0) get the
+# default level back (the ``default_xla_env`` fixture, :data:`EXECUTION_BOUND_NOTEBOOKS`). ``NOETHER_JAX_TEST_XLA_OPT=default`` turns this off. It
+# must be set before JAX creates its CPU client, so before anything here touches a device.
+USER_XLA_FLAGS = os.environ.get("XLA_FLAGS", "")
+if os.environ.get("NOETHER_JAX_TEST_XLA_OPT", "0") != "default" and "xla_backend_optimization_level" not in USER_XLA_FLAGS:
+    os.environ["XLA_FLAGS"] = f"{USER_XLA_FLAGS} --xla_backend_optimization_level=0".strip()
+
+
+def _default_xla_env() -> dict[str, str]:
+    env = dict(os.environ)
+    if USER_XLA_FLAGS:
+        env["XLA_FLAGS"] = USER_XLA_FLAGS
+    else:
+        env.pop("XLA_FLAGS", None)
+    return env
+
+
+import jax  # noqa: E402
 import pytest
 
 jax.config.update("jax_enable_x64", True)
@@ -81,3 +100,31 @@ def _release_compiled_programs():
     if _mappings() > _LIMIT:
         jax.clear_caches()
         gc.collect()
+
+
+EXECUTION_BOUND_NOTEBOOKS = ("03_noether_learning_dynamics.ipynb",)
+"""Notebooks whose kernel compiles at the default optimisation level (measured 497 s at level 0 against 162 s)."""
+
+
+@pytest.fixture(scope="session")
+def default_xla_env() -> dict[str, str]:
+    """``os.environ`` with the XLA flags the session started with, for an execution-bound subprocess."""
+    return _default_xla_env()
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_call(item):
+    """Start the kernel of an execution-bound notebook (nbmake launches it with ``os.environ``) at the default
+    optimisation level; this process's own JAX client keeps the level it started with."""
+    if Path(str(item.fspath)).name not in EXECUTION_BOUND_NOTEBOOKS:
+        yield
+        return
+    saved = os.environ.pop("XLA_FLAGS", None)
+    if USER_XLA_FLAGS:
+        os.environ["XLA_FLAGS"] = USER_XLA_FLAGS
+    try:
+        yield
+    finally:
+        os.environ.pop("XLA_FLAGS", None)
+        if saved is not None:
+            os.environ["XLA_FLAGS"] = saved

@@ -66,7 +66,8 @@ def _free_port() -> int:
 def _launch(tmp: Path, mode: str) -> list[subprocess.Popen]:
     script = tmp / "worker.py"
     script.write_text(WORKER)
-    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2", "JAX_PLATFORMS": "cpu"}
+    flags = f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count=2"  # keeps the session's level
+    env = {**os.environ, "XLA_FLAGS": flags, "JAX_PLATFORMS": "cpu"}
     port = _free_port()
     return [subprocess.Popen([sys.executable, str(script), str(port), str(i), str(tmp), mode], cwd=ROOT, env=env,
                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for i in range(2)]

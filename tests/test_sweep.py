@@ -211,7 +211,8 @@ def test_four_host_devices_equal_one(tmp_path):
         for name, d in (("1", one), ("4", four), ("w", wide)):
             d.to_netcdf({str(out)!r} + name + ".nc", engine="scipy")
     """))
-    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4", "JAX_PLATFORMS": "cpu"}
+    flags = f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count=4"  # keeps the session's level
+    env = {**os.environ, "XLA_FLAGS": flags, "JAX_PLATFORMS": "cpu"}
     res = subprocess.run([sys.executable, str(script)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr[-3000:]
     got = {n: xr.open_dataset(f"{out}{n}.nc", engine="scipy").load() for n in "14w"}
