@@ -23,7 +23,8 @@ from pathlib import Path
 # test suite"). The few execution-bound runs (the quick report, notebook 03: 3x slower at level 0) get the
 # default level back (the ``default_xla_env`` fixture, :data:`EXECUTION_BOUND_NOTEBOOKS`). ``NOETHER_JAX_TEST_XLA_OPT=default`` turns this off. It
 # must be set before JAX creates its CPU client, so before anything here touches a device.
-USER_XLA_FLAGS = os.environ.get("XLA_FLAGS", "")
+# the flags the session started with, read once by the first process (the controller) and inherited by the workers
+USER_XLA_FLAGS = os.environ.setdefault("NOETHER_JAX_TEST_USER_XLA_FLAGS", os.environ.get("XLA_FLAGS", ""))
 if os.environ.get("NOETHER_JAX_TEST_XLA_OPT", "0") != "default" and "xla_backend_optimization_level" not in USER_XLA_FLAGS:
     os.environ["XLA_FLAGS"] = f"{USER_XLA_FLAGS} --xla_backend_optimization_level=0".strip()
 

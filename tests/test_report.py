@@ -153,6 +153,7 @@ def test_nld_ablations_and_kinetic_symmetry_breaking(reproduced):
     assert init["final_loss"][1] > 2 * init["final_loss"][0]
     assert a["at"]["momentum"] == 0.9 and a["at"]["weight_decay"] > 0
     assert a["unconstrained_final_loss"] < a["constrained_final_loss"]
+    assert a["grid"]["constrained_max_norm_drift"] <= 1e-10  # every constrained run ends at its initial group norms
     rows = {(r["symmetry"], r["rule"]): r for r in nld["ksb"]}
     rules = ("sgd", "heavy_ball", "preconditioned", "adam", "adamw", "rmsprop")
     assert {k for k, _ in rows} == {"translation", "scale", "rescale"} and {r for _, r in rows} == set(rules)

@@ -227,7 +227,9 @@ def init_scale_ablation(
 @dataclasses.dataclass
 class ConstrainedAblation:
     """NLD Fig. 3 over the grid η × β × λ: the final full-training-set loss with the constrained filter norm
-    and without (shape (len η, len β, len λ); NaN where a run diverged), and |θ_𝒜|² at the end."""
+    and without (shape (len η, len β, len λ); NaN where a run diverged), |θ_𝒜|² at the end and at the start
+    (``r2_start``, shape (groups,)); ``constrained_max_norm_drift``: max over constrained runs and groups of
+    |r²_end / r²_start − 1| (zero to rounding where the constraint holds)."""
 
     lr: np.ndarray
     momentum: np.ndarray
@@ -236,6 +238,11 @@ class ConstrainedAblation:
     constrained: np.ndarray
     unconstrained_r2_end: np.ndarray
     constrained_r2_end: np.ndarray
+    r2_start: np.ndarray
+
+    @property
+    def constrained_max_norm_drift(self) -> float:
+        return float(np.nanmax(np.abs(self.constrained_r2_end / self.r2_start - 1.0)))
 
     def best(self, momentum: float, weight_decay: float) -> tuple[float, float]:
         """(best unconstrained, best constrained) final loss over η at one (β, λ)."""
@@ -244,7 +251,8 @@ class ConstrainedAblation:
         return float(np.nanmin(self.unconstrained[:, ib, il])), float(np.nanmin(self.constrained[:, ib, il]))
 
     def to_dict(self) -> dict[str, Any]:
-        return {k: np.asarray(getattr(self, k)).tolist() for k in ("lr", "momentum", "weight_decay", "unconstrained", "constrained")}
+        d = {k: np.asarray(getattr(self, k)).tolist() for k in ("lr", "momentum", "weight_decay", "unconstrained", "constrained")}
+        return {**d, "constrained_max_norm_drift": self.constrained_max_norm_drift}
 
 
 def constrained_ablation(
@@ -267,7 +275,8 @@ def constrained_ablation(
         final = jax.vmap(lambda p, s: full_loss(net, p, s, x, y))(res.params, res.state)
         out[name] = np.where(np.asarray(res.diverged_step) >= 0, np.nan, np.asarray(final)).reshape(shape)
         out[name + "_r2_end"] = np.asarray(res.measured["scale"][:, -1]).reshape(shape + (-1,))
-    return ConstrainedAblation(np.asarray(lrs, float), np.asarray(momenta, float), np.asarray(weight_decays, float), **out)
+    return ConstrainedAblation(np.asarray(lrs, float), np.asarray(momenta, float), np.asarray(weight_decays, float), **out,
+                               r2_start=np.asarray(sym.group_norms(params)))
 
 
 # ------------------------------------------------------------------------------------------ Adam
