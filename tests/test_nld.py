@@ -174,6 +174,27 @@ def test_cnn_beta0_issue_targets_full(digits, width):
     assert s500["control_max_angle_deg"] >= 3 * s500["max_angle_deg"]
 
 
+def test_compare_rmsprop_at_new_hyperparameters_compiles_nothing(digits, cnn4):
+    """compare_rmsprop traces once per (model, symmetry, shapes, options): other η, β, λ and keys reuse the program."""
+    net, params, state, sym = cnn4
+    traces = {"n": 0}
+
+    def counted(*args, **kwargs):
+        traces["n"] += 1  # a Python side effect: runs only while JAX traces
+        return net(*args, **kwargs)
+
+    x, y = digits.x_train[:256], digits.y_train[:256]
+    run = lambda h, k: nld.compare_rmsprop(counted, sym, x, y, params, state, h, jax.random.key(k), steps=4, batch_size=32)  # noqa: E731
+    a = run(nj.Hyper(0.1), 0)
+    n = traces["n"]
+    assert n > 0
+    b = run(nj.Hyper(0.05, 0.9, 1e-3), 1)
+    assert traces["n"] == n, "a second call at new hyperparameters re-traced the model"
+    assert not np.allclose(np.asarray(a.track.loss), np.asarray(b.track.loss))  # the new values were used
+    nld.compare_rmsprop(counted, sym, x, y, params, state, nj.Hyper(0.1), jax.random.key(0), steps=6, batch_size=32)
+    assert traces["n"] > n  # a new number of steps does re-trace: the probe works
+
+
 def test_cnn_beta09_eq17_diagnosis(digits, cnn4):
     """β = 0.9 under mini-batch noise: eq. 17's |ĝ|² forcing overpredicts r² (momentum averages noise,
     |θ̇|²μ²r²/|ĝ|² → (1−β)/(1+β)); the measured forcing ratio sits at that noise limit, not at 1, and

@@ -23,6 +23,7 @@ from noether_jax.stochastic import (
     sde_ensemble,
     sde_path,
     sgd_ensemble,
+    sgd_path,
 )
 
 # --------------------------------------------------------------------------- (a) stationary covariance
@@ -219,6 +220,29 @@ def test_reproducible_and_differentiable():
     np.testing.assert_allclose(float(g), (float(f(1.0 + h)) - float(f(1.0 - h))) / (2 * h), rtol=1e-5)
     fd = lambda s: sde.loss(jax.tree.map(lambda z: z[-1], sde_path(sde, {**p0, "b": p0["b"] * s}, 0.5, key, dt=0.05, method="diffrax").params))  # noqa: E731
     np.testing.assert_allclose(float(jax.grad(fd)(1.0)), (float(fd(1.0 + h)) - float(fd(1.0 - h))) / (2 * h), rtol=1e-5)
+
+
+def test_a_second_path_at_new_values_compiles_nothing():
+    """sde_path and sgd_path trace once per (SDE, shapes, options): new parameter values and a new key reuse the program."""
+    traces = {"n": 0}
+
+    def loss(p, xi, yi):
+        traces["n"] += 1  # a Python side effect: runs only while JAX traces
+        return _sym_loss(p, xi, yi)
+
+    x, y = _sym_data()
+    p0 = _sym_params()
+    sde = SGDSDE(loss, x, y, lr=0.1, batch_size=4)
+    p1 = jax.tree.map(lambda a: 1.3 * a, p0)
+    for path in (lambda p, k: sde_path(sde, p, 0.5, k, dt=0.05), lambda p, k: sde_path(sde, p, 0.5, k, dt=0.05, method="diffrax"),
+                 lambda p, k: sgd_path(sde, p, 5, k)):
+        a = path(p0, jax.random.key(0))
+        n = traces["n"]
+        b = path(p1, jax.random.key(1))
+        assert traces["n"] == n, "a second call with new values re-traced the loss"
+        assert not np.allclose(np.asarray(a.params["W"][-1]), np.asarray(b.params["W"][-1]))  # the new values were used
+    sde_path(sde, p0, 1.0, jax.random.key(0), dt=0.05)  # a new number of steps does re-trace: the probe works
+    assert traces["n"] > n
 
 
 def test_heavy_ball_noise_enters_velocity():

@@ -111,7 +111,14 @@ def compare_rmsprop(
         >>> bool(cmp.track.angle[1].max() < 1.0), bool(cmp.track.angle[2].max() > cmp.track.angle[1].max())
         (True, True)
     """
-    sym = check_scale(sym)
+    if control not in ("scale", "no_momentum", "gradient"):
+        raise ValueError(f"`control` must be 'scale', 'no_momentum' or 'gradient', got {control!r}.")
+    return _compare_rmsprop(net, check_scale(sym), x, y, params, state, hyper, key, steps, batch_size, accumulate, control,
+                            mismatch, lags)
+
+
+@eqx.filter_jit  # one program per (model, symmetry, shapes, options): a second call at other η, β, λ compiles nothing
+def _compare_rmsprop(net, sym, x, y, params, state, hyper, key, steps, batch_size, accumulate, control, mismatch, lags):
     r0 = sym.group_norms(params)
     u0 = normalise_groups(sym, params)
     lr, beta, wd = hyper.lr, hyper.momentum, hyper.weight_decay
@@ -120,10 +127,8 @@ def compare_rmsprop(
         c = m._replace(gain=m.gain * mismatch**2, initial_accumulator=m.initial_accumulator * mismatch**2)
     elif control == "no_momentum":
         c = m._replace(lr=lr / (1.0 - beta), momentum=jnp.zeros_like(beta))
-    elif control == "gradient":
-        c = rmsprop_mapping(r0, lr=lr, momentum=beta, weight_decay=wd, accumulate="gradient")
     else:
-        raise ValueError(f"`control` must be 'scale', 'no_momentum' or 'gradient', got {control!r}.")
+        c = rmsprop_mapping(r0, lr=lr, momentum=beta, weight_decay=wd, accumulate="gradient")
     runs = [
         (params, sgd(lr=lr, momentum=beta, weight_decay=wd).optimizer(), None),
         (u0, sphere_rmsprop(sym, m, wd), None),

@@ -342,13 +342,20 @@ def sde_path(
     """
     dt = float(sde.lr) / 4.0 if dt is None else _dt(dt)
     steps = _grid(t1, dt, save_every)
+    if method not in ("scan", "diffrax"):
+        raise ValueError(f"`method` must be 'scan' or 'diffrax', got {method!r}.")
+    if method == "diffrax" and brownian not in ("virtual", "unsafe"):
+        raise ValueError(f"`brownian` must be 'virtual' or 'unsafe', got {brownian!r}.")
+    return _sde_path(sde, params, key, velocity, solver, dt, steps, save_every, method, brownian)
+
+
+@eqx.filter_jit  # one program per (SDE, shapes, static options): a second call with new values compiles nothing
+def _sde_path(sde, params, key, velocity, solver, dt, steps, save_every, method, brownian):
     state0 = sde.initial_state(params, velocity)
     if method == "scan":
         ys = _scan_em(sde, state0, key, dt, steps, save_every)
-    elif method == "diffrax":
-        ys = _diffrax_solve(sde, state0, key, dt, steps, save_every, solver, brownian)
     else:
-        raise ValueError(f"`method` must be 'scan' or 'diffrax', got {method!r}.")
+        ys = _diffrax_solve(sde, state0, key, dt, steps, save_every, solver, brownian)
     dtype = jnp.result_type(*jax.tree.leaves(params), float)
     ts = jnp.arange(steps // save_every + 1, dtype=dtype) * (save_every * dt)
     th, u = sde._split(ys)
@@ -396,6 +403,11 @@ def sgd_path(sde: SGDSDE, params: PyTree, steps: int, key: PRNGKeyArray, *, save
     """
     integer("steps", steps)
     integer("save_every", save_every)
+    return _sgd_path(sde, params, key, steps, save_every)
+
+
+@eqx.filter_jit  # the engine's loss is a new closure per call: jit on the SDE, so a second call compiles nothing
+def _sgd_path(sde, params, key, steps, save_every):
     engine = Engine(lambda p, s, b: (sde.batch_loss(p, *b), s), [sde.rule().optimizer()],
                     Batches(sde.x, sde.y, batch_size=sde.batch_size), hooks={"params": SaveParams()})
     out = run(engine, [params], [{}], key, steps=steps, save_every=save_every)
@@ -406,7 +418,7 @@ def sgd_path(sde: SGDSDE, params: PyTree, steps: int, key: PRNGKeyArray, *, save
 
 @eqx.filter_jit
 def _sgd_ensemble(sde, params, keys, steps, save_every):
-    return jax.vmap(lambda k: sgd_path(sde, params, steps, k, save_every=save_every))(keys)
+    return jax.vmap(lambda k: _sgd_path(sde, params, k, steps, save_every))(keys)
 
 
 def sgd_ensemble(sde: SGDSDE, params: PyTree, steps: int, keys: PRNGKeyArray, *, save_every: int = 1) -> Paths:
