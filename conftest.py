@@ -18,21 +18,63 @@ import gc
 import os
 from pathlib import Path
 
-# Most tests are compile-bound (many small programs, each run briefly): they compile at XLA's backend optimisation
-# level 0, measured to cut their time by about a quarter (benchmarks/README.md, "XLA's optimisation level in the
-# test suite"). The few execution-bound runs (the quick report, notebook 03: 3x slower at level 0) get the
-# default level back (the ``default_xla_env`` fixture, :data:`EXECUTION_BOUND_NOTEBOOKS`). ``NOETHER_JAX_TEST_XLA_OPT=default`` turns this off. It
-# must be set before JAX creates its CPU client, so before anything here touches a device.
-# the flags the session started with, read once by the first process (the controller) and inherited by the workers
+# Most tests are compile-bound (many small programs, each run briefly): they compile with the flags of
+# :data:`FAST_COMPILE_FLAGS` (benchmarks/README.md, "XLA's flags in the test suite"): backend optimisation level 0
+# (one test 38.6 s -> 22.3 s) and XLA:CPU's fusion emitters off (then 19.3 s -> 12.9 s). The execution-bound runs
+# (the quick report, notebook 03: 3x slower at level 0) keep the default level and only turn the emitters off, which
+# also runs them faster (the quick report alone, 392 s -> 295 s): :data:`EXECUTION_XLA_FLAGS`, the
+# ``execution_xla_env`` fixture, :data:`EXECUTION_BOUND_NOTEBOOKS`. ``NOETHER_JAX_TEST_XLA_OPT=default`` adds none of
+# them. They must be set before JAX creates its CPU client, so before anything here touches a device; the first
+# process (the controller) decides them once, keeping only flags this jaxlib knows (an unknown one aborts XLA), and
+# the workers inherit its decision through the environment. A flag the user already set is left as the user set it.
+FAST_COMPILE_FLAGS = ("--xla_backend_optimization_level=0", "--xla_cpu_use_fusion_emitters=false")
+_COMPILE_ONLY = ("--xla_backend_optimization_level",)  # left out for execution-bound runs
+
+# the flags the session started with, read once by the controller and inherited by the workers
 USER_XLA_FLAGS = os.environ.setdefault("NOETHER_JAX_TEST_USER_XLA_FLAGS", os.environ.get("XLA_FLAGS", ""))
-if os.environ.get("NOETHER_JAX_TEST_XLA_OPT", "0") != "default" and "xla_backend_optimization_level" not in USER_XLA_FLAGS:
-    os.environ["XLA_FLAGS"] = f"{USER_XLA_FLAGS} --xla_backend_optimization_level=0".strip()
 
 
-def _default_xla_env() -> dict[str, str]:
+def _xla_accepts(flags: str) -> bool:
+    """Whether this jaxlib's XLA starts with ``flags`` (an unknown flag aborts the process that creates a client)."""
+    import subprocess
+    import sys
+
+    env = {**os.environ, "XLA_FLAGS": flags, "JAX_PLATFORMS": "cpu"}
+    try:
+        return subprocess.run([sys.executable, "-c", "import jax; jax.devices()"], env=env, capture_output=True,
+                              timeout=120).returncode == 0
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+
+
+def _join(*flags: str) -> str:
+    return " ".join(f for f in flags if f).strip()
+
+
+def _session_xla_flags() -> tuple[str, str]:
+    """(the flags of this session's own processes, those of its execution-bound subprocesses)."""
+    if "NOETHER_JAX_TEST_XLA_FLAGS" in os.environ:  # a worker: the controller has decided
+        return os.environ["NOETHER_JAX_TEST_XLA_FLAGS"], os.environ["NOETHER_JAX_TEST_EXECUTION_XLA_FLAGS"]
+    extra = [f for f in FAST_COMPILE_FLAGS if f.split("=")[0] not in USER_XLA_FLAGS]
+    if os.environ.get("NOETHER_JAX_TEST_XLA_OPT", "fast") == "default":
+        extra = []
+    elif extra and not _xla_accepts(_join(USER_XLA_FLAGS, *extra)):
+        extra = [f for f in extra if _xla_accepts(_join(USER_XLA_FLAGS, f))]
+    flags = _join(USER_XLA_FLAGS, *extra)
+    execution = _join(USER_XLA_FLAGS, *(f for f in extra if not f.startswith(_COMPILE_ONLY)))
+    os.environ["NOETHER_JAX_TEST_XLA_FLAGS"], os.environ["NOETHER_JAX_TEST_EXECUTION_XLA_FLAGS"] = flags, execution
+    return flags, execution
+
+
+SESSION_XLA_FLAGS, EXECUTION_XLA_FLAGS = _session_xla_flags()
+if SESSION_XLA_FLAGS:
+    os.environ["XLA_FLAGS"] = SESSION_XLA_FLAGS
+
+
+def _execution_xla_env() -> dict[str, str]:
     env = dict(os.environ)
-    if USER_XLA_FLAGS:
-        env["XLA_FLAGS"] = USER_XLA_FLAGS
+    if EXECUTION_XLA_FLAGS:
+        env["XLA_FLAGS"] = EXECUTION_XLA_FLAGS
     else:
         env.pop("XLA_FLAGS", None)
     return env
@@ -104,25 +146,25 @@ def _release_compiled_programs():
 
 
 EXECUTION_BOUND_NOTEBOOKS = ("03_noether_learning_dynamics.ipynb",)
-"""Notebooks whose kernel compiles at the default optimisation level (measured 497 s at level 0 against 162 s)."""
+"""Notebooks whose kernel runs with :data:`EXECUTION_XLA_FLAGS` (measured 497 s at level 0 against 162 s)."""
 
 
 @pytest.fixture(scope="session")
-def default_xla_env() -> dict[str, str]:
-    """``os.environ`` with the XLA flags the session started with, for an execution-bound subprocess."""
-    return _default_xla_env()
+def execution_xla_env() -> dict[str, str]:
+    """``os.environ`` with :data:`EXECUTION_XLA_FLAGS`, for an execution-bound subprocess."""
+    return _execution_xla_env()
 
 
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_call(item):
-    """Start the kernel of an execution-bound notebook (nbmake launches it with ``os.environ``) at the default
-    optimisation level; this process's own JAX client keeps the level it started with."""
+    """Start the kernel of an execution-bound notebook (nbmake launches it with ``os.environ``) with
+    :data:`EXECUTION_XLA_FLAGS`; this process's own JAX client keeps the flags it started with."""
     if Path(str(item.fspath)).name not in EXECUTION_BOUND_NOTEBOOKS:
         yield
         return
     saved = os.environ.pop("XLA_FLAGS", None)
-    if USER_XLA_FLAGS:
-        os.environ["XLA_FLAGS"] = USER_XLA_FLAGS
+    if EXECUTION_XLA_FLAGS:
+        os.environ["XLA_FLAGS"] = EXECUTION_XLA_FLAGS
     try:
         yield
     finally:

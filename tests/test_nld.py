@@ -262,6 +262,8 @@ def test_constrain_norm_and_sphere_helpers():
     np.testing.assert_allclose(np.asarray(nj.symmetry.group_angles(sym, p0, p)), [0.0, 90.0], atol=1e-6)
 
 
+@pytest.mark.slow  # 15-18 s; test_report.py::test_report_adam_norm_laws_and_double_adaptivity holds the report's run of
+# the same model and optimisers (200 steps) to the same claims in the default run
 def test_adam_norm_recursion_and_double_adaptivity(digits, cnn4):
     """Adam/AdamW on normalised layers: |W|² ← (1−ηλ)²|W|² + η²|u|² with the run's own u. The recursion
     neglects 2η(1−ηλ)⟨W,u⟩; the test pins how large that is, and that r² grows and slows the angular step."""

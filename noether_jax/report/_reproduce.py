@@ -317,10 +317,16 @@ def reproduce(out: Path, *, quick: bool = True) -> dict:
     report = Report("noether_jax: symmetry and broken conservation laws in learning dynamics", intro=INTRO)
     summary: dict[str, Any] = {"mode": "quick" if quick else "full", "environment": environment()}
     nm_summaries, nm_sections, eq17_figs = [], [], []
+    timings: dict[str, float] = {}  # wall seconds of each run and part, compile included, in the summary
+
+    def lap(name: str, t0: float) -> None:
+        timings[name] = time.perf_counter() - t0
+
     for i, overrides in enumerate(QUICK_NM if quick else FULL_NM):
         cfg = NMConfig(**{"steps": 2000, **overrides})
         if nm_summaries and nm_summaries[-1]["config"]["model"] != cfg.model:
             release_compiled()  # the runs of one model (β = 0 and 0.9) share their programs; models share none
+        t0 = time.perf_counter()
         res = neural_mechanics(cfg)
         s, figs = nm_outputs(res, out / "neural_mechanics", tag=config_tag(cfg))
         hand = hand_derived_groups(cfg.model, res.params0)
@@ -330,6 +336,7 @@ def reproduce(out: Path, *, quick: bool = True) -> dict:
         if note and any(r["config"]["model"] == cfg.model for r in nm_summaries):  # stated once per model
             note = f"<b>Groups:</b> those of the {cfg.model} run above, and the same groups left out."
         nm_summaries.append(s)
+        lap(f"neural_mechanics{config_tag(cfg)}", t0)
         nm_sections.append(nm_section(s, figs, anchor=f"nm{i}", index=i, note=note))
         if cfg.model == "cnn_bn":
             eq17_figs += [(c, b) for k, c, b in figs if k == "eq17"]
@@ -357,12 +364,16 @@ def reproduce(out: Path, *, quick: bool = True) -> dict:
     report.add(_eq17_section(summary, bn_runs[0], eq17_figs))
 
     release_compiled()
+    t0 = time.perf_counter()
     summary["flows"], fsec = _flows_section(compare_flows(steps=200 if quick else 1000))
     report.add(fsec)
+    lap("flows", t0)
 
     for name, hook in PARTS:
         release_compiled()
+        t0 = time.perf_counter()
         part, sections = hook(out / name, quick=quick)
+        lap(name, t0)
         summary[name] = part
         for s in sections:  # a part's claim keys are relative to its own summary
             s.claims = [dataclasses.replace(c, key=f"{name}.{c.key}") if c.key else c for c in s.claims]
@@ -370,6 +381,7 @@ def reproduce(out: Path, *, quick: bool = True) -> dict:
 
     summary["verdicts"] = [{"claim": c.claim, "measured": c.measured, "tolerance": c.tolerance, "comparison": c.comparison,
                             "passed": c.passed, "key": c.key, "section": c.section} for c in report.claims]
+    summary["timings_s"] = timings
     summary["elapsed_s"] = time.perf_counter() - t_start
     write_json(summary, out / "summary.json")
     report.write(out / "report.html", summary)
