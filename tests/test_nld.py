@@ -195,6 +195,22 @@ def test_compare_rmsprop_at_new_hyperparameters_compiles_nothing(digits, cnn4):
     assert traces["n"] > n  # a new number of steps does re-trace: the probe works
 
 
+def test_compare_rmsprop_runs_a_float32_model_in_float32_under_x64(digits, cnn4):
+    """A float32 model (flax's default) with float64 hyperparameters (x64 on): the runs stay in float32, and agree with
+    the float64 run to float32 precision (the scan failed on the float64 learning rate before)."""
+    net, params, state, sym = cnn4
+    from noether_jax._tree import cast_floats
+
+    p32, s32 = cast_floats(params, jnp.float32), cast_floats(state, jnp.float32)
+    x, y = digits.x_train[:256], digits.y_train[:256]
+    kw = dict(steps=5, batch_size=32)
+    c32 = nld.compare_rmsprop(net, sym, x.astype(jnp.float32), y, p32, s32, nj.Hyper(0.1, 0.9, 5e-4), jax.random.key(0), **kw)
+    c64 = nld.compare_rmsprop(net, sym, x, y, params, state, nj.Hyper(0.1, 0.9, 5e-4), jax.random.key(0), **kw)
+    assert {a.dtype for a in jax.tree.leaves(c32.track.params) if jnp.issubdtype(a.dtype, jnp.floating)} == {jnp.dtype("float32")}
+    assert c32.track.r2.dtype == jnp.float32 and c64.track.r2.dtype == jnp.float64
+    np.testing.assert_allclose(np.asarray(c32.track.loss), np.asarray(c64.track.loss), rtol=1e-4)
+
+
 def test_cnn_beta09_eq17_diagnosis(digits, cnn4):
     """β = 0.9 under mini-batch noise: eq. 17's |ĝ|² forcing overpredicts r² (momentum averages noise,
     |θ̇|²μ²r²/|ĝ|² → (1−β)/(1+β)); the measured forcing ratio sits at that noise limit, not at 1, and

@@ -245,6 +245,26 @@ def test_a_second_path_at_new_values_compiles_nothing():
     assert traces["n"] > n
 
 
+def test_a_float32_model_on_float64_data_runs_in_float32():
+    """x64 on, float64 data, float32 parameters (flax's default): the scan path runs in float32 (it failed on the
+    scan's carry dtypes before) and agrees with the float64 path to float32 precision; diffrax refuses, saying why."""
+    x, y = _sym_data()
+    p64 = _sym_params()
+    p32 = jax.tree.map(lambda a: a.astype(jnp.float32), p64)
+    sde = SGDSDE(_sym_loss, x, y, lr=0.1, batch_size=4)
+    assert {leaf.dtype for leaf in jax.tree.leaves(sde_path(sde, p32, 0.5, jax.random.key(0), dt=0.05).params)} == {jnp.dtype("float32")}
+    # full batches: c = (n − S)/(n − 1) = 0, no noise, so both precisions follow the same deterministic path
+    full = SGDSDE(_sym_loss, x, y, lr=0.1, batch_size=len(y))
+    a = sde_path(full, p32, 0.5, jax.random.key(0), dt=0.05)
+    b = sde_path(full, p64, 0.5, jax.random.key(0), dt=0.05)
+    assert {leaf.dtype for leaf in jax.tree.leaves(a.params)} == {jnp.dtype("float32")}
+    for u, v in zip(jax.tree.leaves(a.params), jax.tree.leaves(b.params)):
+        np.testing.assert_allclose(np.asarray(u), np.asarray(v), rtol=1e-3, atol=1e-4)
+    assert {leaf.dtype for leaf in jax.tree.leaves(sgd_path(sde, p32, 5, jax.random.key(0)).params)} == {jnp.dtype("float32")}
+    with pytest.raises(ValueError, match="method='scan'"):
+        sde_path(sde, p32, 0.5, jax.random.key(0), dt=0.05, method="diffrax")
+
+
 def test_heavy_ball_noise_enters_velocity():
     x, y = _sym_data()
     p0 = _sym_params()

@@ -274,7 +274,8 @@ def _scan_em(sde: SGDSDE, state0, key, dt, steps, save_every):
         params, _ = sde._split(state)
         z = jax.random.normal(jax.random.fold_in(key, k), (sde.n,), dtype)
         noise = sde._apply(params, f, z)
-        new = jax.tree.map(lambda s, a, b: s + dt * a + sqdt * b, state, drift, noise)
+        # in the state's own precision (a float32 model on float64 data stays float32, as in training)
+        new = jax.tree.map(lambda s, a, b: (s + dt * a + sqdt * b).astype(s.dtype), state, drift, noise)
         return new, None
 
     def block(state, j):
@@ -346,7 +347,22 @@ def sde_path(
         raise ValueError(f"`method` must be 'scan' or 'diffrax', got {method!r}.")
     if method == "diffrax" and brownian not in ("virtual", "unsafe"):
         raise ValueError(f"`brownian` must be 'virtual' or 'unsafe', got {brownian!r}.")
-    return _sde_path(sde, params, key, velocity, solver, dt, steps, save_every, method, brownian)
+    dtype, default = jnp.result_type(*jax.tree.leaves(params), float), jnp.result_type(float)
+    if method == "diffrax" and dtype != default:  # diffrax's times are in the default float and promote the state
+        raise ValueError(f"method='diffrax' needs `params` in JAX's default float dtype ({default}), got {dtype}: cast "
+                         "them (e.g. jax.tree.map(lambda a: a.astype(jnp.float64), params)), or use method='scan', "
+                         "which runs in the parameters' own dtype.")
+    return _sde_path(_in_params_dtype(sde, params), params, key, velocity, solver, dt, steps, save_every, method, brownian)
+
+
+def _in_params_dtype(sde: SGDSDE, params: PyTree) -> SGDSDE:
+    """The SDE with its inputs cast to the parameters' float dtype, so a float32 model on float64 data runs in
+    float32 (as the Recorder runs it) instead of failing on the solver's dtypes."""
+    dtype = jnp.result_type(*jax.tree.leaves(params), float)
+    x = jnp.asarray(sde.x)
+    if jnp.issubdtype(x.dtype, jnp.floating) and x.dtype != dtype:
+        return eqx.tree_at(lambda s: s.x, sde, x.astype(dtype))
+    return sde
 
 
 @eqx.filter_jit  # one program per (SDE, shapes, static options): a second call with new values compiles nothing
@@ -403,12 +419,13 @@ def sgd_path(sde: SGDSDE, params: PyTree, steps: int, key: PRNGKeyArray, *, save
     """
     integer("steps", steps)
     integer("save_every", save_every)
-    return _sgd_path(sde, params, key, steps, save_every)
+    return _sgd_path(_in_params_dtype(sde, params), params, key, steps, save_every)
 
 
 @eqx.filter_jit  # the engine's loss is a new closure per call: jit on the SDE, so a second call compiles nothing
 def _sgd_path(sde, params, key, steps, save_every):
-    engine = Engine(lambda p, s, b: (sde.batch_loss(p, *b), s), [sde.rule().optimizer()],
+    rule = sde.rule().astype(jnp.result_type(*jax.tree.leaves(params), float))  # the optimiser in the model's dtype
+    engine = Engine(lambda p, s, b: (sde.batch_loss(p, *b), s), [rule.optimizer()],
                     Batches(sde.x, sde.y, batch_size=sde.batch_size), hooks={"params": SaveParams()})
     out = run(engine, [params], [{}], key, steps=steps, save_every=save_every)
     dtype = jnp.result_type(*jax.tree.leaves(params), float)
