@@ -199,12 +199,13 @@ def test_compare_rmsprop_runs_a_float32_model_in_float32_under_x64(digits, cnn4)
     """A float32 model (flax's default) with float64 hyperparameters (x64 on): the runs stay in float32, and agree with
     the float64 run to float32 precision (the scan failed on the float64 learning rate before)."""
     net, params, state, sym = cnn4
+    net32, p32, s32 = models.functional(models.make_model("cnn_bn", width=4, key=0, dtype=jnp.float32))
     from noether_jax._tree import cast_floats
 
-    p32, s32 = cast_floats(params, jnp.float32), cast_floats(state, jnp.float32)
+    params, state = cast_floats(p32, jnp.float64), cast_floats(s32, jnp.float64)  # the float64 run starts at the same point
     x, y = digits.x_train[:256], digits.y_train[:256]
     kw = dict(steps=5, batch_size=32)
-    c32 = nld.compare_rmsprop(net, sym, x.astype(jnp.float32), y, p32, s32, nj.Hyper(0.1, 0.9, 5e-4), jax.random.key(0), **kw)
+    c32 = nld.compare_rmsprop(net32, sym, x, y, p32, s32, nj.Hyper(0.1, 0.9, 5e-4), jax.random.key(0), **kw)
     c64 = nld.compare_rmsprop(net, sym, x, y, params, state, nj.Hyper(0.1, 0.9, 5e-4), jax.random.key(0), **kw)
     assert {a.dtype for a in jax.tree.leaves(c32.track.params) if jnp.issubdtype(a.dtype, jnp.floating)} == {jnp.dtype("float32")}
     assert c32.track.r2.dtype == jnp.float32 and c64.track.r2.dtype == jnp.float64
