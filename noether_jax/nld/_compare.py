@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float, Int, PRNGKeyArray, PyTree
 
-from .._tree import float_dtype
+from .._tree import cast_floats, float_dtype
 from ..models import Model
 from ..rules import Hyper, sgd
 from ..symmetry import MaskedSymmetry, Scale, check_scale, normalise_groups
@@ -120,7 +120,7 @@ def compare_rmsprop(
 
 @eqx.filter_jit  # one program per (model, symmetry, shapes, options): a second call at other η, β, λ compiles nothing
 def _compare_rmsprop(net, sym, x, y, params, state, hyper, key, steps, batch_size, accumulate, control, mismatch, lags):
-    hyper = jax.tree.map(lambda a: jnp.asarray(a, float_dtype(params)), hyper)  # a float32 model under x64 stays float32
+    hyper = cast_floats(hyper, float_dtype(params))  # a float32 model under x64 stays float32
     r0 = sym.group_norms(params)
     u0 = normalise_groups(sym, params)
     lr, beta, wd = hyper.lr, hyper.momentum, hyper.weight_decay

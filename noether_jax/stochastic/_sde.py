@@ -31,7 +31,7 @@ import lineax as lx
 import numpy as np
 from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray, PyTree, Scalar
 
-from .._tree import is_concrete, tree_sq_norm
+from .._tree import cast_floats, float_dtype, is_concrete, tree_sq_norm
 from .._validate import batch_size as check_batch_size
 from .._validate import check_scalar, hyper, integer
 from ..rules import sgd
@@ -347,7 +347,7 @@ def sde_path(
         raise ValueError(f"`method` must be 'scan' or 'diffrax', got {method!r}.")
     if method == "diffrax" and brownian not in ("virtual", "unsafe"):
         raise ValueError(f"`brownian` must be 'virtual' or 'unsafe', got {brownian!r}.")
-    dtype, default = jnp.result_type(*jax.tree.leaves(params), float), jnp.result_type(float)
+    dtype, default = float_dtype(params), jnp.result_type(float)
     if method == "diffrax" and dtype != default:  # diffrax's times are in the default float and promote the state
         raise ValueError(f"method='diffrax' needs `params` in JAX's default float dtype ({default}), got {dtype}: cast "
                          "them (e.g. jax.tree.map(lambda a: a.astype(jnp.float64), params)), or use method='scan', "
@@ -356,13 +356,9 @@ def sde_path(
 
 
 def _in_params_dtype(sde: SGDSDE, params: PyTree) -> SGDSDE:
-    """The SDE with its inputs cast to the parameters' float dtype, so a float32 model on float64 data runs in
-    float32 (as the Recorder runs it) instead of failing on the solver's dtypes."""
-    dtype = jnp.result_type(*jax.tree.leaves(params), float)
-    x = jnp.asarray(sde.x)
-    if jnp.issubdtype(x.dtype, jnp.floating) and x.dtype != dtype:
-        return eqx.tree_at(lambda s: s.x, sde, x.astype(dtype))
-    return sde
+    """The SDE with float inputs in the parameters' float dtype, so a float32 model on float64 data runs in float32
+    (as the Recorder runs it) instead of failing on the solver's dtypes."""
+    return eqx.tree_at(lambda s: s.x, sde, cast_floats(sde.x, float_dtype(params)))
 
 
 @eqx.filter_jit  # one program per (SDE, shapes, static options): a second call with new values compiles nothing
@@ -424,7 +420,7 @@ def sgd_path(sde: SGDSDE, params: PyTree, steps: int, key: PRNGKeyArray, *, save
 
 @eqx.filter_jit  # the engine's loss is a new closure per call: jit on the SDE, so a second call compiles nothing
 def _sgd_path(sde, params, key, steps, save_every):
-    rule = sde.rule().astype(jnp.result_type(*jax.tree.leaves(params), float))  # the optimiser in the model's dtype
+    rule = sde.rule().astype(float_dtype(params))  # the optimiser in the model's dtype
     engine = Engine(lambda p, s, b: (sde.batch_loss(p, *b), s), [rule.optimizer()],
                     Batches(sde.x, sde.y, batch_size=sde.batch_size), hooks={"params": SaveParams()})
     out = run(engine, [params], [{}], key, steps=steps, save_every=save_every)
